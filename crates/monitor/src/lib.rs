@@ -1,0 +1,1 @@
+//! Evergreen monitor daemon — arrives with its own issue (see ARCHITECTURE.md).

@@ -1,0 +1,31 @@
+//! Compiles `proto/evergreen/v1/*.proto` with protox (no system protoc) and
+//! writes the encoded `FileDescriptorSet` for gRPC reflection.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let dir = root.join("evergreen/v1");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.retain(|p| p.extension().is_some_and(|e| e == "proto"));
+    files.sort();
+    // protox emits no rerun-if-changed of its own.
+    println!("cargo:rerun-if-changed={}", dir.display());
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+
+    let fds = protox::compile(&files, [&root])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("evergreen_descriptor.bin"), fds.encode_to_vec())?;
+
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

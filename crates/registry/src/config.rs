@@ -1,0 +1,77 @@
+//! The registry's configuration: the `[registry]` table of the stack config.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// sled database (`sled/`) and local artifacts (`artifacts/`).
+    pub data_dir: PathBuf,
+    /// Largest artifact accepted, in bytes.
+    pub max_artifact_bytes: u64,
+    pub watch: WatchConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// Events retained for `Watch`; a watcher asking for older ones is told
+    /// to relist ("compacted").
+    pub history: u64,
+    /// Events a watcher may fall behind before its stream ends with a
+    /// resumable status.
+    pub buffer: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            data_dir: PathBuf::from(".evergreen/registry"),
+            max_artifact_bytes: 1 << 30,
+            watch: WatchConfig::default(),
+        }
+    }
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            history: 100_000,
+            buffer: 4096,
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// Checks values serde cannot; errors name the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.max_artifact_bytes == 0 {
+            anyhow::bail!(
+                "invalid registry.max_artifact_bytes = 0: expected a positive number of bytes"
+            );
+        }
+        if self.watch.history == 0 {
+            anyhow::bail!(
+                "invalid registry.watch.history = 0: expected a positive number of events"
+            );
+        }
+        if self.watch.buffer == 0 || self.watch.buffer > 1 << 20 {
+            anyhow::bail!(
+                "invalid registry.watch.buffer = {}: expected 1..=1048576 events",
+                self.watch.buffer
+            );
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            anyhow::bail!(
+                "invalid registry.data_dir: expected a directory path, got an empty string"
+            );
+        }
+        Ok(())
+    }
+}

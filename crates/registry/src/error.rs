@@ -1,0 +1,66 @@
+//! The registry's domain errors. `grpc::to_status` is the one place they
+//! become gRPC statuses.
+
+use thiserror::Error;
+
+#[derive(Debug, Clone, Error)]
+pub enum RegistryError {
+    /// A field of the request is malformed; the message names it and the
+    /// expected shape.
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("model {0:?} not found")]
+    ModelNotFound(String),
+    #[error("version {version} of model {model:?} not found")]
+    VersionNotFound { model: String, version: u64 },
+    #[error("alias {alias:?} of model {model:?} not found")]
+    AliasNotFound { model: String, alias: String },
+    #[error("model {0:?} already exists")]
+    ModelExists(String),
+    #[error("alias {model}@{alias} {}, not {} as expected", describe_target(*.actual), describe_target(*.expected))]
+    AliasMismatch {
+        model: String,
+        alias: String,
+        expected: Option<u64>,
+        actual: Option<u64>,
+    },
+    #[error("checksum mismatch: declared sha256 {declared}, uploaded bytes hash to {actual}")]
+    ChecksumMismatch { declared: String, actual: String },
+    #[error("artifact exceeds the size limit of {limit} bytes")]
+    ArtifactTooLarge { limit: u64 },
+    /// An operation that is not allowed in the current state (the message
+    /// says what is allowed).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("from_revision {requested} is ahead of the current revision {current}")]
+    FutureRevision { requested: u64, current: u64 },
+    /// A watcher fell too far behind; it resumes from `resume_from`.
+    #[error("watcher fell behind the event stream; resume with from_revision={resume_from}")]
+    WatcherLagged { resume_from: u64 },
+    #[error("registry is shutting down")]
+    ShuttingDown,
+    /// Disk or database failure: not the caller's fault.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+fn describe_target(v: Option<u64>) -> String {
+    match v {
+        Some(v) => format!("points at version {v}"),
+        None => "does not exist".to_string(),
+    }
+}
+
+impl From<sled::Error> for RegistryError {
+    fn from(e: sled::Error) -> Self {
+        RegistryError::Storage(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for RegistryError {
+    fn from(e: std::io::Error) -> Self {
+        RegistryError::Storage(e.to_string())
+    }
+}
+
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;

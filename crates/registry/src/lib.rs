@@ -1,0 +1,77 @@
+//! Evergreen's registry daemon: models, atomically numbered versions,
+//! aliases moved by compare-and-set, lineage, an audit trail and a resumable
+//! Watch stream, on sled. Artifacts are opaque, content-addressed bytes.
+//!
+//! Code map: `store` (sled + the single writer), `watch` (fan-out to
+//! watchers), `artifacts` (content-addressed blobs), `service` (the
+//! operations), `grpc` (the tonic adapter), `config`, `names`, `error`.
+
+pub mod artifacts;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod names;
+pub mod service;
+pub mod store;
+pub mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use evergreen_proto::v1::registry_server::RegistryServer;
+use tokio::net::TcpListener;
+use tonic::service::RoutesBuilder;
+
+pub use crate::config::RegistryConfig;
+use crate::grpc::RegistryGrpc;
+
+/// Runs the registry on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: RegistryConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let store = Arc::new(store::Store::open(
+        &config.data_dir,
+        store::StoreOptions {
+            history: config.watch.history,
+            watch_buffer: config.watch.buffer,
+        },
+    )?);
+    let artifacts = Arc::new(
+        artifacts::LocalDirStore::open(&config.data_dir.join("artifacts")).with_context(|| {
+            format!(
+                "cannot open artifact dir under {}",
+                config.data_dir.display()
+            )
+        })?,
+    );
+    let registry = Arc::new(service::Registry::new(
+        store.clone(),
+        artifacts,
+        config.max_artifact_bytes,
+    ));
+
+    let (health_reporter, health) = evergreen_runtime::tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<RegistryServer<RegistryGrpc>>()
+        .await;
+    let mut routes = RoutesBuilder::default();
+    routes
+        .add_service(health)
+        .add_service(RegistryGrpc::server(registry.clone()));
+
+    let hub = store.hub().clone();
+    let signal = async move {
+        shutdown.await;
+        hub.close(); // ends watch streams so the drain can finish
+    };
+    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "registry serving");
+    let served = evergreen_runtime::serve(listener, routes, signal).await;
+    drop(registry);
+    store.close();
+    tracing::info!("registry stopped");
+    served
+}

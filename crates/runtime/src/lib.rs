@@ -1,0 +1,38 @@
+//! How an Evergreen daemon starts and stops.
+//!
+//! Every daemon (registry, trainer, server, monitor) shares the same outer
+//! shell: layered configuration, tracing, the standard gRPC health and
+//! reflection services, and graceful shutdown on SIGTERM/SIGINT. That shell
+//! lives here so each daemon's crate holds only its own domain. No domain code
+//! belongs in this crate.
+
+pub mod config;
+pub mod grpc;
+pub mod telemetry;
+
+pub use config::{load_config, ConfigSources};
+pub use grpc::serve;
+pub use telemetry::init_tracing;
+pub use {tonic_health, tonic_reflection};
+
+/// Resolves when the process receives SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("received SIGINT, shutting down"),
+        _ = term => tracing::info!("received SIGTERM, shutting down"),
+    }
+}

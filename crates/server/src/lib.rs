@@ -1,0 +1,1 @@
+//! Evergreen server daemon — arrives with its own issue (see ARCHITECTURE.md).

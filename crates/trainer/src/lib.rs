@@ -1,0 +1,1 @@
+//! Evergreen trainer daemon — arrives with its own issue (see ARCHITECTURE.md).
