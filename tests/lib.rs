@@ -1,1 +1,188 @@
+//! The end-to-end sandbox: real Evergreen daemons, started in-process on
+//! 127.0.0.1:0 with temp dirs, reached over real gRPC.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use evergreen_proto::v1::registry_client::RegistryClient;
+use evergreen_registry::RegistryConfig;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// One running registry (more daemons join as their issues land).
+pub struct Sandbox {
+    pub registry_addr: SocketAddr,
+    dir: Option<tempfile::TempDir>,
+    data_dir: PathBuf,
+    config: RegistryConfig,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+#[derive(Default)]
+pub struct SandboxBuilder {
+    tweak: Option<Box<dyn FnOnce(&mut RegistryConfig)>>,
+}
+
+impl SandboxBuilder {
+    /// Adjusts the registry's config before start.
+    pub fn registry(mut self, f: impl FnOnce(&mut RegistryConfig) + 'static) -> Self {
+        self.tweak = Some(Box::new(f));
+        self
+    }
+
+    pub async fn start(self) -> Sandbox {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = RegistryConfig {
+            data_dir: dir.path().join("registry"),
+            ..Default::default()
+        };
+        if let Some(f) = self.tweak {
+            f(&mut config);
+        }
+        let data_dir = config.data_dir.clone();
+        let mut sandbox = Sandbox {
+            registry_addr: "127.0.0.1:0".parse().unwrap(),
+            dir: Some(dir),
+            data_dir,
+            config,
+            stop: None,
+            task: None,
+        };
+        sandbox.boot().await;
+        sandbox
+    }
+}
+
+impl Sandbox {
+    pub fn builder() -> SandboxBuilder {
+        SandboxBuilder::default()
+    }
+
+    pub async fn start() -> Sandbox {
+        Self::builder().start().await
+    }
+
+    async fn boot(&mut self) {
+        // Bound before spawning: clients connect to the real address, no sleeps.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        self.registry_addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let config = self.config.clone();
+        self.task = Some(tokio::spawn(async move {
+            evergreen_registry::run(config, listener, async {
+                let _ = rx.await;
+            })
+            .await
+        }));
+        self.stop = Some(tx);
+    }
+
+    pub fn registry_url(&self) -> String {
+        format!("http://{}", self.registry_addr)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.registry_url())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to registry")
+    }
+
+    pub async fn registry(&self) -> RegistryClient<Channel> {
+        RegistryClient::new(self.channel().await)
+    }
+
+    /// Graceful shutdown; returns what `run` returned.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(t) => t.await.expect("registry task panicked"),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the registry and starts it again on the same data dir.
+    pub async fn restart(&mut self) {
+        self.stop().await.expect("registry stopped cleanly");
+        self.boot().await;
+    }
+
+    /// Whether the registry task is still running (it must survive bad input).
+    pub fn is_running(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = self.dir.take();
+    }
+}
+
+/// Helpers for building requests in tests.
+pub mod req {
+    use evergreen_proto::v1::{
+        register_version_request::Part, version_ref::Selector, CreateModelRequest,
+        RegisterVersionRequest, VersionHeader, VersionRef,
+    };
+
+    pub fn create(name: &str) -> CreateModelRequest {
+        CreateModelRequest {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    /// A RegisterVersion stream: header then the artifact in `chunk`-byte pieces.
+    pub fn register(
+        header: VersionHeader,
+        artifact: &[u8],
+        chunk: usize,
+    ) -> Vec<RegisterVersionRequest> {
+        let mut msgs = vec![RegisterVersionRequest {
+            part: Some(Part::Header(header)),
+        }];
+        msgs.extend(
+            artifact
+                .chunks(chunk.max(1))
+                .map(|c| RegisterVersionRequest {
+                    part: Some(Part::Chunk(c.to_vec())),
+                }),
+        );
+        msgs
+    }
+
+    pub fn header(model: &str) -> VersionHeader {
+        VersionHeader {
+            model: model.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn version(model: &str, v: u64) -> Option<VersionRef> {
+        Some(VersionRef {
+            model: model.into(),
+            selector: Some(Selector::Version(v)),
+        })
+    }
+
+    pub fn spec(s: &str) -> Option<VersionRef> {
+        Some(VersionRef {
+            model: s.into(),
+            selector: None,
+        })
+    }
+}

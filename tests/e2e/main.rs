@@ -1,1 +1,6 @@
+//! End-to-end suite: real daemons over real gRPC (see `evergreen_e2e::Sandbox`).
 
+mod bad_input;
+mod lifecycle;
+mod platform;
+mod watch;

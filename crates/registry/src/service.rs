@@ -161,7 +161,7 @@ impl Registry {
         self.store
             .mutate(&caller.actor, move |tx| {
                 let model = tx.existing_model(&name)?;
-                let versions = tx.version_numbers(&name);
+                let versions = tx.version_numbers(&name)?;
                 if !versions.is_empty() && !force {
                     return abort(RegistryError::FailedPrecondition(format!(
                             "model {name:?} still has {} version(s); delete them first or pass force=true",

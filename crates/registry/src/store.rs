@@ -101,7 +101,6 @@ pub struct Tx<'a> {
     counters: &'a TransactionalTree,
     events: &'a TransactionalTree,
     audit: &'a TransactionalTree,
-    plain: &'a Trees,
     history: u64,
     actor: &'a str,
     emitted: Vec<Event>,
@@ -175,21 +174,16 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Version numbers of a model. The writer is the only mutator, so a
-    /// plain scan inside its transaction is consistent.
-    pub fn version_numbers(&self, model: &str) -> Vec<u64> {
-        let prefix = child_prefix(model);
-        self.plain
-            .versions
-            .scan_prefix(&prefix)
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter_map(|k| {
-                <[u8; 8]>::try_from(&k[prefix.len()..])
-                    .ok()
-                    .map(u64::from_be_bytes)
-            })
-            .collect()
+    /// Version numbers of a model that still exist. (sled transactions
+    /// cannot scan, so this probes 1..=counter.)
+    pub fn version_numbers(&self, model: &str) -> TxResult<Vec<u64>> {
+        let mut out = Vec::new();
+        for v in 1..=self.last_version(model)? {
+            if self.versions.get(child_key(model, v))?.is_some() {
+                out.push(v);
+            }
+        }
+        Ok(out)
     }
 
     /// Bumps the model's version counter (which outlives the model, so
@@ -567,7 +561,6 @@ impl Writer {
                     counters,
                     events,
                     audit,
-                    plain: &self.trees,
                     history: self.history,
                     actor,
                     emitted: Vec::new(),
