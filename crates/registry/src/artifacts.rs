@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWriteExt};
@@ -111,5 +112,80 @@ impl ArtifactUpload for LocalUpload {
         .await
         .map_err(|e| RegistryError::Storage(format!("artifact commit task failed: {e}")))??;
         Ok(())
+    }
+}
+
+/// Small artifacts (up to `inline_max` bytes) are kept in a sled tree of the
+/// registry's own database: the writer's flush, which covers every tree and
+/// runs before the version is acknowledged, makes them durable in the same
+/// fsync as the version record. Larger ones spill to `large`. Both are keyed
+/// by sha256.
+pub struct TieredStore {
+    small: sled::Tree,
+    inline_max: usize,
+    large: Arc<dyn ArtifactStore>,
+}
+
+impl TieredStore {
+    pub fn new(small: sled::Tree, inline_max: usize, large: Arc<dyn ArtifactStore>) -> Self {
+        Self {
+            small,
+            inline_max,
+            large,
+        }
+    }
+}
+
+#[async_trait]
+impl ArtifactStore for TieredStore {
+    async fn begin(&self) -> Result<Box<dyn ArtifactUpload>> {
+        Ok(Box::new(TieredUpload {
+            buf: Vec::new(),
+            spilled: None,
+            small: self.small.clone(),
+            inline_max: self.inline_max,
+            large: self.large.clone(),
+        }))
+    }
+
+    async fn open(&self, sha256: &str) -> Result<Pin<Box<dyn AsyncRead + Send>>> {
+        match self.small.get(sha256.as_bytes())? {
+            Some(bytes) => Ok(Box::pin(std::io::Cursor::new(bytes))),
+            None => self.large.open(sha256).await,
+        }
+    }
+}
+
+struct TieredUpload {
+    buf: Vec<u8>,
+    spilled: Option<Box<dyn ArtifactUpload>>,
+    small: sled::Tree,
+    inline_max: usize,
+    large: Arc<dyn ArtifactStore>,
+}
+
+#[async_trait]
+impl ArtifactUpload for TieredUpload {
+    async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        if let Some(up) = &mut self.spilled {
+            return up.write(chunk).await;
+        }
+        self.buf.extend_from_slice(chunk);
+        if self.buf.len() > self.inline_max {
+            let mut up = self.large.begin().await?;
+            up.write(&std::mem::take(&mut self.buf)).await?;
+            self.spilled = Some(up);
+        }
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>, sha256: &str) -> Result<()> {
+        match self.spilled {
+            Some(up) => up.commit(sha256).await,
+            None => {
+                self.small.insert(sha256.as_bytes(), self.buf)?;
+                Ok(())
+            }
+        }
     }
 }

@@ -14,6 +14,9 @@ pub struct RegistryConfig {
     pub data_dir: PathBuf,
     /// Largest artifact accepted, in bytes.
     pub max_artifact_bytes: u64,
+    /// Artifacts up to this size are stored inside the database (one fsync
+    /// with the version record); larger ones go to `data_dir/artifacts`.
+    pub inline_artifact_bytes: u64,
     pub watch: WatchConfig,
 }
 
@@ -34,6 +37,7 @@ impl Default for RegistryConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             data_dir: PathBuf::from(".evergreen/registry"),
             max_artifact_bytes: 1 << 30,
+            inline_artifact_bytes: 128 * 1024,
             watch: WatchConfig::default(),
         }
     }
@@ -54,6 +58,12 @@ impl RegistryConfig {
         if self.max_artifact_bytes == 0 {
             anyhow::bail!(
                 "invalid registry.max_artifact_bytes = 0: expected a positive number of bytes"
+            );
+        }
+        if self.inline_artifact_bytes > 16 << 20 {
+            anyhow::bail!(
+                "invalid registry.inline_artifact_bytes = {}: expected at most 16777216 (larger artifacts belong in files)",
+                self.inline_artifact_bytes
             );
         }
         if self.watch.history == 0 {

@@ -264,6 +264,7 @@ pub struct Store {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     hub: Arc<Hub>,
     path: PathBuf,
+    blobs: sled::Tree,
 }
 
 impl Store {
@@ -288,7 +289,7 @@ impl Store {
                 String::from_utf8_lossy(FORMAT)
             ),
             None => {
-                let foreign = db.tree_names().len() > 7
+                let foreign = db.tree_names().len() > 8
                     || [&trees.models, &trees.versions, &trees.events]
                         .iter()
                         .any(|t| !t.is_empty());
@@ -317,6 +318,7 @@ impl Store {
             compacted = new_compacted;
         }
         let hub = Arc::new(Hub::new(revision, compacted, opts.watch_buffer));
+        let blobs = db.open_tree("blobs")?;
 
         let (tx, rx) = std_mpsc::channel::<Job>();
         let writer = Writer {
@@ -333,11 +335,18 @@ impl Store {
             writer: Mutex::new(Some(handle)),
             hub,
             path: dir.to_path_buf(),
+            blobs,
         })
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    /// Content-addressed small artifacts (see `artifacts::TieredStore`).
+    /// Written outside transactions; made durable by the writer's next flush.
+    pub fn blobs(&self) -> sled::Tree {
+        self.blobs.clone()
     }
 
     pub fn path(&self) -> &Path {

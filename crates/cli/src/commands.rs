@@ -1,0 +1,526 @@
+//! One method per CLI command: build the request, call the registry, print.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use evergreen_proto::v1::registry_client::RegistryClient;
+use evergreen_proto::v1::{
+    register_version_request::Part, watch_response::Kind, CreateModelRequest, DeleteAliasRequest,
+    DeleteModelRequest, DeleteVersionRequest, DownloadArtifactRequest, GetModelRequest,
+    GetVersionRequest, HistoryRequest, ListModelsRequest, ListVersionsRequest,
+    RegisterVersionRequest, SetAliasRequest, SetVersionStatusRequest, UpdateModelRequest,
+    VersionHeader, VersionRef, VersionStatus, WatchRequest,
+};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+use crate::output::{self, emit, emit_json};
+use crate::{to_map, RegisterArgs};
+
+/// Metadata key naming who makes a change (the registry's `ACTOR_HEADER`).
+const ACTOR_HEADER: &str = "x-evergreen-actor";
+/// Set by the registry on a lagged watcher's final status.
+const RESUME_HEADER: &str = "x-evergreen-resume-revision";
+/// Upload chunk size for `versions register`.
+const CHUNK: usize = 1024 * 1024;
+/// Exit code of `watch` when the requested history is compacted.
+const EXIT_COMPACTED: u8 = 3;
+
+pub struct Ctx {
+    client: RegistryClient<Channel>,
+    actor: AsciiMetadataValue,
+    json: bool,
+}
+
+/// `a: b: c` from an error and its sources (transport errors nest deeply).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s = s.to_string();
+        if parts.last() != Some(&s) {
+            parts.push(s);
+        }
+        source = source.and_then(|e| e.source());
+    }
+    parts.join(": ")
+}
+
+/// A reference as typed (`name@alias`, `name/3`): the registry parses it.
+fn version_ref(reference: String) -> Option<VersionRef> {
+    Some(VersionRef {
+        model: reference,
+        selector: None,
+    })
+}
+
+impl Ctx {
+    pub async fn connect(url: &str, actor: &str, json: bool) -> anyhow::Result<Self> {
+        let url = if url.contains("://") {
+            url.to_string()
+        } else {
+            format!("http://{url}")
+        };
+        let actor = Some(actor)
+            .filter(|a| a.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+            .and_then(|a| AsciiMetadataValue::try_from(a).ok())
+            .ok_or_else(|| anyhow!("invalid --actor {actor:?}: use printable ASCII only"))?;
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| anyhow!("invalid --registry URL {url:?}: {e}"))?
+            .connect_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect().await.map_err(|e| {
+            Status::unavailable(format!(
+                "cannot reach the registry at {url}: {}",
+                error_chain(&e)
+            ))
+        })?;
+        Ok(Self {
+            client: RegistryClient::new(channel),
+            actor,
+            json,
+        })
+    }
+
+    /// Wraps a message, attaching the actor header.
+    fn req<T>(&self, message: T) -> Request<T> {
+        let mut r = Request::new(message);
+        r.metadata_mut().insert(ACTOR_HEADER, self.actor.clone());
+        r
+    }
+
+    // ------------------------------------------------------------ models ---
+
+    pub async fn create_model(
+        &mut self,
+        name: String,
+        description: String,
+        tags: HashMap<String, String>,
+        reason: String,
+    ) -> anyhow::Result<()> {
+        let req = self.req(CreateModelRequest {
+            name,
+            description,
+            tags,
+            reason,
+        });
+        let m = self.client.create_model(req).await?.into_inner();
+        if self.json {
+            emit_json(&output::model_json(&m));
+        } else {
+            output::print_model(&m);
+        }
+        Ok(())
+    }
+
+    pub async fn list_models(&mut self) -> anyhow::Result<()> {
+        let req = self.req(ListModelsRequest {});
+        let mut models = self.client.list_models(req).await?.into_inner().models;
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        if self.json {
+            emit_json(&Value::Array(
+                models.iter().map(output::model_json).collect(),
+            ));
+        } else {
+            output::print_models(&models);
+        }
+        Ok(())
+    }
+
+    pub async fn get_model(&mut self, name: String) -> anyhow::Result<()> {
+        let req = self.req(GetModelRequest { name });
+        let m = self.client.get_model(req).await?.into_inner();
+        if self.json {
+            emit_json(&output::model_json(&m));
+        } else {
+            output::print_model(&m);
+        }
+        Ok(())
+    }
+
+    pub async fn update_model(
+        &mut self,
+        name: String,
+        description: Option<String>,
+        set_tags: HashMap<String, String>,
+        remove_tags: Vec<String>,
+        reason: String,
+    ) -> anyhow::Result<()> {
+        let req = self.req(UpdateModelRequest {
+            name,
+            description,
+            set_tags,
+            remove_tags,
+            reason,
+        });
+        let m = self.client.update_model(req).await?.into_inner();
+        if self.json {
+            emit_json(&output::model_json(&m));
+        } else {
+            output::print_model(&m);
+        }
+        Ok(())
+    }
+
+    pub async fn delete_model(
+        &mut self,
+        name: String,
+        force: bool,
+        reason: String,
+    ) -> anyhow::Result<()> {
+        let req = self.req(DeleteModelRequest {
+            name: name.clone(),
+            force,
+            reason,
+        });
+        let revision = self.client.delete_model(req).await?.into_inner().revision;
+        if self.json {
+            emit_json(&json!({ "model": name, "revision": revision }));
+        } else {
+            emit(format!("deleted model {name} (revision {revision})"));
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------- versions ---
+
+    pub async fn register_version(&mut self, args: RegisterArgs) -> anyhow::Result<()> {
+        let mut file = tokio::fs::File::open(&args.artifact)
+            .await
+            .with_context(|| format!("cannot open artifact {}", args.artifact.display()))?;
+        let header = VersionHeader {
+            model: args.name,
+            params: to_map(args.params),
+            metrics: to_map(args.metrics),
+            tags: to_map(args.tags),
+            description: args.description,
+            expected_sha256: args.sha256.unwrap_or_default().trim().to_lowercase(),
+            reason: args.reason,
+            ..Default::default()
+        };
+
+        // `None` in the channel means "reading the file failed". The upload
+        // stream then stalls instead of ending: a clean end would make the
+        // registry store a truncated artifact. Dropping the call (and the
+        // connection when the process exits) aborts it instead.
+        let (tx, rx) = mpsc::channel::<Option<RegisterVersionRequest>>(4);
+        let body = ReceiverStream::new(rx).then(|m| async move {
+            match m {
+                Some(m) => m,
+                None => std::future::pending().await,
+            }
+        });
+        let path = args.artifact;
+        let feed = async move {
+            let header = RegisterVersionRequest {
+                part: Some(Part::Header(header)),
+            };
+            if tx.send(Some(header)).await.is_err() {
+                return Ok(()); // the call ended early: its status says why
+            }
+            loop {
+                let mut buf = Vec::with_capacity(CHUNK);
+                match (&mut file).take(CHUNK as u64).read_to_end(&mut buf).await {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {
+                        let chunk = RegisterVersionRequest {
+                            part: Some(Part::Chunk(buf)),
+                        };
+                        if tx.send(Some(chunk)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(None).await;
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("cannot read artifact {}", path.display())));
+                    }
+                }
+            }
+        };
+        let req = self.req(body);
+        let call =
+            async { Ok::<_, anyhow::Error>(self.client.register_version(req).await?.into_inner()) };
+        let (v, ()) = tokio::try_join!(call, feed)?;
+        if self.json {
+            emit_json(&output::version_json(&v));
+        } else {
+            output::print_version(&v);
+        }
+        Ok(())
+    }
+
+    pub async fn list_versions(&mut self, model: String) -> anyhow::Result<()> {
+        let req = self.req(ListVersionsRequest { model });
+        let mut versions = self.client.list_versions(req).await?.into_inner().versions;
+        versions.sort_by_key(|v| v.version);
+        if self.json {
+            emit_json(&Value::Array(
+                versions.iter().map(output::version_json).collect(),
+            ));
+        } else {
+            output::print_versions(&versions);
+        }
+        Ok(())
+    }
+
+    pub async fn get_version(&mut self, reference: String) -> anyhow::Result<()> {
+        let req = self.req(GetVersionRequest {
+            r#ref: version_ref(reference),
+        });
+        let v = self.client.get_version(req).await?.into_inner();
+        if self.json {
+            emit_json(&output::version_json(&v));
+        } else {
+            output::print_version(&v);
+        }
+        Ok(())
+    }
+
+    /// Streams the artifact into `FILE.part`, checks size and sha256 against
+    /// what the registry announced, then renames it to `FILE`.
+    pub async fn download(&mut self, reference: String, output: PathBuf) -> anyhow::Result<()> {
+        let mut part = OsString::from(output.as_os_str());
+        part.push(".part");
+        let part = PathBuf::from(part);
+        let result = self.download_to(&reference, &part).await;
+        let (version, sha256, size) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&part).await;
+                return Err(e);
+            }
+        };
+        tokio::fs::rename(&part, &output)
+            .await
+            .with_context(|| format!("cannot move {} to {}", part.display(), output.display()))?;
+        if self.json {
+            emit_json(&json!({
+                "ref": reference,
+                "version": version,
+                "sha256": sha256,
+                "size_bytes": size,
+                "path": output.display().to_string(),
+            }));
+        } else {
+            emit(format!(
+                "downloaded {reference} (version {version}, {}, sha256 {sha256}) to {}",
+                output::human_size(size),
+                output.display()
+            ));
+        }
+        Ok(())
+    }
+
+    async fn download_to(
+        &mut self,
+        reference: &str,
+        path: &Path,
+    ) -> anyhow::Result<(u64, String, u64)> {
+        let req = self.req(DownloadArtifactRequest {
+            r#ref: version_ref(reference.to_string()),
+        });
+        let mut stream = self.client.download_artifact(req).await?.into_inner();
+        let mut file = tokio::fs::File::create(path)
+            .await
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut announced = None;
+        let mut version = 0;
+        while let Some(chunk) = stream.message().await? {
+            if chunk.artifact.is_some() {
+                announced = chunk.artifact;
+                version = chunk.version;
+            }
+            hasher.update(&chunk.data);
+            size += chunk.data.len() as u64;
+            file.write_all(&chunk.data)
+                .await
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        file.sync_all()
+            .await
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let sha256 = format!("{:x}", hasher.finalize());
+        if let Some(a) = announced {
+            if a.size_bytes != size || !a.sha256.eq_ignore_ascii_case(&sha256) {
+                return Err(anyhow!(
+                    "downloaded artifact is corrupt: expected {} bytes with sha256 {}, got {size} bytes with sha256 {sha256}",
+                    a.size_bytes,
+                    a.sha256
+                ));
+            }
+        }
+        Ok((version, sha256, size))
+    }
+
+    pub async fn set_status(
+        &mut self,
+        reference: String,
+        status: VersionStatus,
+        reason: String,
+    ) -> anyhow::Result<()> {
+        let req = self.req(SetVersionStatusRequest {
+            r#ref: version_ref(reference),
+            status: status as i32,
+            reason,
+        });
+        let v = self.client.set_version_status(req).await?.into_inner();
+        if self.json {
+            emit_json(&output::version_json(&v));
+        } else {
+            output::print_version(&v);
+        }
+        Ok(())
+    }
+
+    pub async fn delete_version(
+        &mut self,
+        reference: String,
+        reason: String,
+    ) -> anyhow::Result<()> {
+        let req = self.req(DeleteVersionRequest {
+            r#ref: version_ref(reference.clone()),
+            reason,
+        });
+        let revision = self.client.delete_version(req).await?.into_inner().revision;
+        if self.json {
+            emit_json(&json!({ "ref": reference, "revision": revision }));
+        } else {
+            emit(format!("deleted version {reference} (revision {revision})"));
+        }
+        Ok(())
+    }
+
+    // ----------------------------------------------------------- aliases ---
+
+    pub async fn set_alias(
+        &mut self,
+        model: String,
+        alias: String,
+        version: u64,
+        expected_version: Option<u64>,
+        reason: String,
+    ) -> anyhow::Result<()> {
+        let req = self.req(SetAliasRequest {
+            model,
+            alias,
+            version,
+            expected_version,
+            reason,
+        });
+        let a = self.client.set_alias(req).await?.into_inner();
+        if self.json {
+            emit_json(&output::alias_json(&a));
+        } else {
+            output::print_alias(&a);
+        }
+        Ok(())
+    }
+
+    pub async fn delete_alias(
+        &mut self,
+        model: String,
+        alias: String,
+        expected_version: Option<u64>,
+        reason: String,
+    ) -> anyhow::Result<()> {
+        let req = self.req(DeleteAliasRequest {
+            model: model.clone(),
+            alias: alias.clone(),
+            expected_version,
+            reason,
+        });
+        let revision = self.client.delete_alias(req).await?.into_inner().revision;
+        if self.json {
+            emit_json(&json!({ "model": model, "alias": alias, "revision": revision }));
+        } else {
+            emit(format!(
+                "deleted alias {model}@{alias} (revision {revision})"
+            ));
+        }
+        Ok(())
+    }
+
+    // ----------------------------------------------------- history, watch ---
+
+    pub async fn history(&mut self, model: String, limit: u32) -> anyhow::Result<()> {
+        let req = self.req(HistoryRequest { model, limit });
+        let entries = self.client.history(req).await?.into_inner().entries;
+        if self.json {
+            emit_json(&Value::Array(
+                entries.iter().map(output::event_json).collect(),
+            ));
+        } else {
+            output::print_events(&entries);
+        }
+        Ok(())
+    }
+
+    /// Prints events until interrupted. Exits 3 when the requested history
+    /// is compacted; fails when the stream ends, cleanly or not.
+    pub async fn watch(
+        &mut self,
+        from_revision: Option<u64>,
+        model: Option<String>,
+    ) -> anyhow::Result<ExitCode> {
+        let req = self.req(WatchRequest {
+            from_revision,
+            model: model.unwrap_or_default(),
+        });
+        let mut stream = self.client.watch(req).await?.into_inner();
+        loop {
+            let msg = match stream.message().await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => return Err(anyhow!("the registry closed the watch stream")),
+                Err(status) => {
+                    let resume = status.metadata().get(RESUME_HEADER);
+                    if let Some(rev) = resume.and_then(|v| v.to_str().ok()) {
+                        return Err(Status::new(
+                            status.code(),
+                            format!(
+                                "{}; resume with `evergreen watch --from {rev}`",
+                                status.message()
+                            ),
+                        )
+                        .into());
+                    }
+                    return Err(status.into());
+                }
+            };
+            match msg.kind {
+                // Human mode only: scripts read events from stdout.
+                Some(Kind::StartRevision(rev)) if !self.json => {
+                    eprintln!("watching from revision {rev}");
+                }
+                Some(Kind::Event(e)) => {
+                    if self.json {
+                        emit_json(&output::event_json(&e));
+                    } else {
+                        emit(output::event_line(&e));
+                    }
+                }
+                Some(Kind::Compacted(c)) => {
+                    eprintln!(
+                        "error: history before revision {} is compacted; relist and watch from the current revision {}",
+                        c.compact_revision + 1,
+                        c.current_revision
+                    );
+                    return Ok(ExitCode::from(EXIT_COMPACTED));
+                }
+                Some(Kind::StartRevision(_)) | None => {}
+            }
+        }
+    }
+}
