@@ -258,6 +258,26 @@ fn main() {
         let c = client.clone();
         rows.push(
             time_loop(
+                "baseline: streaming call, rejected at header",
+                scaled(3_000),
+                None,
+                |_| {
+                    let mut c = c.clone();
+                    async move {
+                        let mut msgs = register_msgs(vec![0u8; 1024]);
+                        if let Some(Part::Header(h)) = &mut msgs[0].part {
+                            h.model = "no-such-model".into();
+                        }
+                        c.register_version(futures::stream::iter(msgs))
+                            .await
+                            .unwrap_err();
+                    }
+                },
+            )
+            .await,
+        );
+        rows.push(
+            time_loop(
                 "register version (1 KiB artifact)",
                 scaled(3_000),
                 Some((MLFLOW_REGISTER, 20.0)),

@@ -40,7 +40,7 @@ pub async fn run(
             watch_buffer: config.watch.buffer,
         },
     )?);
-    let artifacts = Arc::new(
+    let files = Arc::new(
         artifacts::LocalDirStore::open(&config.data_dir.join("artifacts")).with_context(|| {
             format!(
                 "cannot open artifact dir under {}",
@@ -48,6 +48,11 @@ pub async fn run(
             )
         })?,
     );
+    let artifacts = Arc::new(artifacts::TieredStore::new(
+        store.blobs(),
+        config.inline_artifact_bytes as usize,
+        files,
+    ));
     let registry = Arc::new(service::Registry::new(
         store.clone(),
         artifacts,
