@@ -21,9 +21,11 @@ pub struct Sandbox {
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
+type ConfigTweak = Box<dyn FnOnce(&mut RegistryConfig)>;
+
 #[derive(Default)]
 pub struct SandboxBuilder {
-    tweak: Option<Box<dyn FnOnce(&mut RegistryConfig)>>,
+    tweak: Option<ConfigTweak>,
 }
 
 impl SandboxBuilder {

@@ -17,7 +17,7 @@ pub enum RegistryError {
     AliasNotFound { model: String, alias: String },
     #[error("model {0:?} already exists")]
     ModelExists(String),
-    #[error("alias {model}@{alias} {}, not {} as expected", describe_target(*.actual), describe_target(*.expected))]
+    #[error("alias {model}@{alias} {}, but the request expected it {}", describe_target(*.actual), describe_expected(*.expected))]
     AliasMismatch {
         model: String,
         alias: String,
@@ -42,6 +42,13 @@ pub enum RegistryError {
     /// Disk or database failure: not the caller's fault.
     #[error("storage error: {0}")]
     Storage(String),
+}
+
+fn describe_expected(v: Option<u64>) -> String {
+    match v {
+        Some(v) => format!("to point at version {v}"),
+        None => "not to exist".to_string(),
+    }
 }
 
 fn describe_target(v: Option<u64>) -> String {

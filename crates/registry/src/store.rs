@@ -239,9 +239,12 @@ type Job = Box<dyn FnOnce(&Writer) -> Applied + Send>;
 
 /// The outcome of one job: the events it committed, and how to answer its
 /// caller once the flush is done (None = durable, Some = flush failed).
+/// Answers a job's caller; gets the flush error, if any.
+type Reply = Box<dyn FnOnce(Option<&RegistryError>) + Send>;
+
 struct Applied {
     events: Vec<Event>,
-    reply: Box<dyn FnOnce(Option<&RegistryError>) + Send>,
+    reply: Reply,
 }
 
 struct Writer {
