@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
+use evergreen_proto::metadata;
 use evergreen_proto::v1::registry_client::RegistryClient;
 use evergreen_proto::v1::{
     register_version_request::Part, watch_response::Kind, CreateModelRequest, DeleteAliasRequest,
@@ -28,10 +29,6 @@ use tonic::{Request, Status};
 use crate::output::{self, emit, emit_json};
 use crate::{to_map, RegisterArgs};
 
-/// Metadata key naming who makes a change (the registry's `ACTOR_HEADER`).
-const ACTOR_HEADER: &str = "x-evergreen-actor";
-/// Set by the registry on a lagged watcher's final status.
-const RESUME_HEADER: &str = "x-evergreen-resume-revision";
 /// Upload chunk size for `versions register`.
 const CHUNK: usize = 1024 * 1024;
 /// Exit code of `watch` when the requested history is compacted.
@@ -92,10 +89,19 @@ impl Ctx {
         })
     }
 
+    /// Prints `json()` with `--json`, else runs the human renderer.
+    fn show(&self, json: impl FnOnce() -> Value, human: impl FnOnce()) {
+        if self.json {
+            emit_json(&json());
+        } else {
+            human();
+        }
+    }
+
     /// Wraps a message, attaching the actor header.
     fn req<T>(&self, message: T) -> Request<T> {
         let mut r = Request::new(message);
-        r.metadata_mut().insert(ACTOR_HEADER, self.actor.clone());
+        r.metadata_mut().insert(metadata::ACTOR, self.actor.clone());
         r
     }
 
@@ -115,11 +121,7 @@ impl Ctx {
             reason,
         });
         let m = self.client.create_model(req).await?.into_inner();
-        if self.json {
-            emit_json(&output::model_json(&m));
-        } else {
-            output::print_model(&m);
-        }
+        self.show(|| output::model_json(&m), || output::print_model(&m));
         Ok(())
     }
 
@@ -127,24 +129,17 @@ impl Ctx {
         let req = self.req(ListModelsRequest {});
         let mut models = self.client.list_models(req).await?.into_inner().models;
         models.sort_by(|a, b| a.name.cmp(&b.name));
-        if self.json {
-            emit_json(&Value::Array(
-                models.iter().map(output::model_json).collect(),
-            ));
-        } else {
-            output::print_models(&models);
-        }
+        self.show(
+            || Value::Array(models.iter().map(output::model_json).collect()),
+            || output::print_models(&models),
+        );
         Ok(())
     }
 
     pub async fn get_model(&mut self, name: String) -> anyhow::Result<()> {
         let req = self.req(GetModelRequest { name });
         let m = self.client.get_model(req).await?.into_inner();
-        if self.json {
-            emit_json(&output::model_json(&m));
-        } else {
-            output::print_model(&m);
-        }
+        self.show(|| output::model_json(&m), || output::print_model(&m));
         Ok(())
     }
 
@@ -164,11 +159,7 @@ impl Ctx {
             reason,
         });
         let m = self.client.update_model(req).await?.into_inner();
-        if self.json {
-            emit_json(&output::model_json(&m));
-        } else {
-            output::print_model(&m);
-        }
+        self.show(|| output::model_json(&m), || output::print_model(&m));
         Ok(())
     }
 
@@ -184,11 +175,10 @@ impl Ctx {
             reason,
         });
         let revision = self.client.delete_model(req).await?.into_inner().revision;
-        if self.json {
-            emit_json(&json!({ "model": name, "revision": revision }));
-        } else {
-            emit(format!("deleted model {name} (revision {revision})"));
-        }
+        self.show(
+            || json!({ "model": name, "revision": revision }),
+            || emit(format!("deleted model {name} (revision {revision})")),
+        );
         Ok(())
     }
 
@@ -252,11 +242,7 @@ impl Ctx {
         let call =
             async { Ok::<_, anyhow::Error>(self.client.register_version(req).await?.into_inner()) };
         let (v, ()) = tokio::try_join!(call, feed)?;
-        if self.json {
-            emit_json(&output::version_json(&v));
-        } else {
-            output::print_version(&v);
-        }
+        self.show(|| output::version_json(&v), || output::print_version(&v));
         Ok(())
     }
 
@@ -264,13 +250,10 @@ impl Ctx {
         let req = self.req(ListVersionsRequest { model });
         let mut versions = self.client.list_versions(req).await?.into_inner().versions;
         versions.sort_by_key(|v| v.version);
-        if self.json {
-            emit_json(&Value::Array(
-                versions.iter().map(output::version_json).collect(),
-            ));
-        } else {
-            output::print_versions(&versions);
-        }
+        self.show(
+            || Value::Array(versions.iter().map(output::version_json).collect()),
+            || output::print_versions(&versions),
+        );
         Ok(())
     }
 
@@ -279,11 +262,7 @@ impl Ctx {
             r#ref: version_ref(reference),
         });
         let v = self.client.get_version(req).await?.into_inner();
-        if self.json {
-            emit_json(&output::version_json(&v));
-        } else {
-            output::print_version(&v);
-        }
+        self.show(|| output::version_json(&v), || output::print_version(&v));
         Ok(())
     }
 
@@ -377,11 +356,7 @@ impl Ctx {
             reason,
         });
         let v = self.client.set_version_status(req).await?.into_inner();
-        if self.json {
-            emit_json(&output::version_json(&v));
-        } else {
-            output::print_version(&v);
-        }
+        self.show(|| output::version_json(&v), || output::print_version(&v));
         Ok(())
     }
 
@@ -395,11 +370,10 @@ impl Ctx {
             reason,
         });
         let revision = self.client.delete_version(req).await?.into_inner().revision;
-        if self.json {
-            emit_json(&json!({ "ref": reference, "revision": revision }));
-        } else {
-            emit(format!("deleted version {reference} (revision {revision})"));
-        }
+        self.show(
+            || json!({ "ref": reference, "revision": revision }),
+            || emit(format!("deleted version {reference} (revision {revision})")),
+        );
         Ok(())
     }
 
@@ -421,11 +395,7 @@ impl Ctx {
             reason,
         });
         let a = self.client.set_alias(req).await?.into_inner();
-        if self.json {
-            emit_json(&output::alias_json(&a));
-        } else {
-            output::print_alias(&a);
-        }
+        self.show(|| output::alias_json(&a), || output::print_alias(&a));
         Ok(())
     }
 
@@ -458,13 +428,10 @@ impl Ctx {
     pub async fn history(&mut self, model: String, limit: u32) -> anyhow::Result<()> {
         let req = self.req(HistoryRequest { model, limit });
         let entries = self.client.history(req).await?.into_inner().entries;
-        if self.json {
-            emit_json(&Value::Array(
-                entries.iter().map(output::event_json).collect(),
-            ));
-        } else {
-            output::print_events(&entries);
-        }
+        self.show(
+            || Value::Array(entries.iter().map(output::event_json).collect()),
+            || output::print_events(&entries),
+        );
         Ok(())
     }
 
@@ -485,7 +452,7 @@ impl Ctx {
                 Ok(Some(msg)) => msg,
                 Ok(None) => return Err(anyhow!("the registry closed the watch stream")),
                 Err(status) => {
-                    let resume = status.metadata().get(RESUME_HEADER);
+                    let resume = status.metadata().get(metadata::RESUME_REVISION);
                     if let Some(rev) = resume.and_then(|v| v.to_str().ok()) {
                         return Err(Status::new(
                             status.code(),

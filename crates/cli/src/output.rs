@@ -110,7 +110,7 @@ fn short_time(ts: Option<&Timestamp>) -> String {
 /// `ACTIVE` for `VERSION_STATUS_ACTIVE`.
 pub fn status_name(status: i32) -> String {
     match VersionStatus::try_from(status) {
-        Ok(s) => strip(s.as_str_name(), "VERSION_STATUS_"),
+        Ok(s) => s.short_name().to_string(),
         Err(_) => format!("UNKNOWN({status})"),
     }
 }
@@ -118,13 +118,9 @@ pub fn status_name(status: i32) -> String {
 /// `ALIAS_SET` for `EVENT_KIND_ALIAS_SET`.
 pub fn kind_name(kind: i32) -> String {
     match EventKind::try_from(kind) {
-        Ok(k) => strip(k.as_str_name(), "EVENT_KIND_"),
+        Ok(k) => k.short_name().to_string(),
         Err(_) => format!("UNKNOWN({kind})"),
     }
-}
-
-fn strip(name: &str, prefix: &str) -> String {
-    name.strip_prefix(prefix).unwrap_or(name).to_string()
 }
 
 /// `k1=v1,k2=v2`, sorted by key.
@@ -240,7 +236,7 @@ pub fn version_json(v: &ModelVersion) -> Value {
         let feature = |f: &evergreen_proto::v1::Feature| {
             json!({
                 "name": f.name,
-                "type": strip(f.r#type().as_str_name(), "FEATURE_TYPE_"),
+                "type": f.r#type().short_name(),
                 "categories": f.categories,
             })
         };

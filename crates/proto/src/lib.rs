@@ -15,3 +15,41 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/evergreen_descriptor.bin"));
 
 pub use prost_types::Timestamp;
+
+/// gRPC metadata keys that are part of the contract.
+pub mod metadata {
+    /// Request header naming who makes a change (recorded in the audit trail).
+    pub const ACTOR: &str = "x-evergreen-actor";
+    /// Trailer on a lagged watcher's final status: the revision to resume from.
+    pub const RESUME_REVISION: &str = "x-evergreen-resume-revision";
+}
+
+/// Enum names without their proto prefix, as people read and type them:
+/// `ACTIVE`, `ALIAS_SET`, `NUMERIC`.
+macro_rules! short_name {
+    ($($enum:ident => $prefix:literal),* $(,)?) => {$(
+        impl v1::$enum {
+            pub fn short_name(&self) -> &'static str {
+                let full = self.as_str_name();
+                full.strip_prefix($prefix).unwrap_or(full)
+            }
+        }
+    )*};
+}
+
+short_name! {
+    VersionStatus => "VERSION_STATUS_",
+    EventKind => "EVENT_KIND_",
+    FeatureType => "FEATURE_TYPE_",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v1::{EventKind, VersionStatus};
+
+    #[test]
+    fn short_names_drop_the_prefix() {
+        assert_eq!(VersionStatus::Deprecated.short_name(), "DEPRECATED");
+        assert_eq!(EventKind::AliasSet.short_name(), "ALIAS_SET");
+    }
+}

@@ -175,6 +175,24 @@ async fn watch_latency(
     }
 }
 
+/// Sequential GetVersion calls, the version named by `reference(i)`.
+async fn get_loop(
+    name: &str,
+    client: &RegistryClient<Channel>,
+    reference: impl Fn(usize) -> VersionRef,
+) -> Row {
+    time_loop(name, scaled(20_000), Some((MLFLOW_GET, 100.0)), |i| {
+        let mut c = client.clone();
+        let r = reference(i);
+        async move {
+            c.get_version(GetVersionRequest { r#ref: Some(r) })
+                .await
+                .unwrap();
+        }
+    })
+    .await
+}
+
 fn print(rows: &mut [Row], rtt_p50: Duration, fsync_p50: Duration) {
     println!();
     println!(
@@ -304,46 +322,16 @@ fn main() {
             .await
             .unwrap();
         let versions = scaled(3_000) as u64;
-        rows.push(
-            time_loop(
-                "get version (name/N)",
-                scaled(20_000),
-                Some((MLFLOW_GET, 100.0)),
-                |i| {
-                    let mut c = c.clone();
-                    async move {
-                        let r = VersionRef {
-                            model: "bench".into(),
-                            selector: Some(Selector::Version(1 + i as u64 % versions)),
-                        };
-                        c.get_version(GetVersionRequest { r#ref: Some(r) })
-                            .await
-                            .unwrap();
-                    }
-                },
-            )
-            .await,
-        );
-        rows.push(
-            time_loop(
-                "resolve name@alias",
-                scaled(20_000),
-                Some((MLFLOW_GET, 100.0)),
-                |_| {
-                    let mut c = c.clone();
-                    async move {
-                        let r = VersionRef {
-                            model: "bench@production".into(),
-                            selector: None,
-                        };
-                        c.get_version(GetVersionRequest { r#ref: Some(r) })
-                            .await
-                            .unwrap();
-                    }
-                },
-            )
-            .await,
-        );
+        let by_number = |i: usize| VersionRef {
+            model: "bench".into(),
+            selector: Some(Selector::Version(1 + i as u64 % versions)),
+        };
+        let by_alias = |_: usize| VersionRef {
+            model: "bench@production".into(),
+            selector: None,
+        };
+        rows.push(get_loop("get version (name/N)", &c, by_number).await);
+        rows.push(get_loop("resolve name@alias", &c, by_alias).await);
         rows.push(
             time_loop(
                 "set alias (durable)",

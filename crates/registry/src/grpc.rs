@@ -4,6 +4,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use evergreen_proto::metadata;
 use evergreen_proto::v1::registry_server::{Registry as RegistryApi, RegistryServer};
 use evergreen_proto::v1::{
     register_version_request::Part, version_ref::Selector as RefSelector, watch_response, Alias,
@@ -24,11 +25,6 @@ use crate::error::RegistryError;
 use crate::names::{Selector, VersionSpec};
 use crate::service::{Caller, Registry};
 use crate::watch::WatchItem;
-
-/// Metadata key naming who makes a change (until #7 derives it from tokens).
-pub const ACTOR_HEADER: &str = "x-evergreen-actor";
-/// On a lagged watcher's final status: the revision to resume from.
-pub const RESUME_HEADER: &str = "x-evergreen-resume-revision";
 
 const DOWNLOAD_CHUNK: usize = 64 * 1024;
 
@@ -53,7 +49,7 @@ pub fn to_status(e: RegistryError) -> Status {
     let mut status = Status::new(code, e.to_string());
     if let RegistryError::WatcherLagged { resume_from } = e {
         if let Ok(v) = resume_from.to_string().parse() {
-            status.metadata_mut().insert(RESUME_HEADER, v);
+            status.metadata_mut().insert(metadata::RESUME_REVISION, v);
         }
     }
     status
@@ -61,7 +57,7 @@ pub fn to_status(e: RegistryError) -> Status {
 
 fn caller(metadata: &MetadataMap, reason: String) -> Caller {
     let actor = metadata
-        .get(ACTOR_HEADER)
+        .get(metadata::ACTOR)
         .and_then(|v| v.to_str().ok())
         .filter(|s| !s.is_empty())
         .map(|s| s.chars().take(128).collect())

@@ -10,7 +10,7 @@
 //! counter updated in the same transaction as the insert, and nothing is
 //! acknowledged or announced before it is on disk.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -32,6 +32,17 @@ const FORMAT_KEY: &[u8] = b"format";
 const FORMAT: &[u8] = b"evergreen-registry/1";
 const REVISION_KEY: &[u8] = b"revision";
 const COMPACTED_KEY: &[u8] = b"compacted";
+/// Every tree a registry database may hold (sled adds its default tree).
+const TREES: &[&str] = &[
+    "__sled__default",
+    "meta",
+    "models",
+    "versions",
+    "counters",
+    "events",
+    "audit",
+    "blobs",
+];
 
 /// Most mutations the writer applies before one flush.
 const MAX_BATCH: usize = 1024;
@@ -73,13 +84,7 @@ pub fn now() -> Timestamp {
 }
 
 pub fn status_name(s: VersionStatus) -> &'static str {
-    match s {
-        VersionStatus::Unspecified => "UNSPECIFIED",
-        VersionStatus::Active => "ACTIVE",
-        VersionStatus::Deprecated => "DEPRECATED",
-        VersionStatus::Retired => "RETIRED",
-        VersionStatus::Archived => "ARCHIVED",
-    }
+    s.short_name()
 }
 
 #[derive(Clone)]
@@ -237,11 +242,11 @@ impl Tx<'_> {
 /// A queued unit of work for the writer thread.
 type Job = Box<dyn FnOnce(&Writer) -> Applied + Send>;
 
-/// The outcome of one job: the events it committed, and how to answer its
-/// caller once the flush is done (None = durable, Some = flush failed).
-/// Answers a job's caller; gets the flush error, if any.
+/// Answers a job's caller once the flush is done: `None` = durable,
+/// `Some` = the flush failed.
 type Reply = Box<dyn FnOnce(Option<&RegistryError>) + Send>;
 
+/// The outcome of one job: the events it committed, and its reply.
 struct Applied {
     events: Vec<Event>,
     reply: Reply,
@@ -266,7 +271,6 @@ pub struct Store {
     jobs: Mutex<Option<std_mpsc::Sender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     hub: Arc<Hub>,
-    path: PathBuf,
     blobs: sled::Tree,
 }
 
@@ -292,7 +296,10 @@ impl Store {
                 String::from_utf8_lossy(FORMAT)
             ),
             None => {
-                let foreign = db.tree_names().len() > 8
+                let foreign = db
+                    .tree_names()
+                    .iter()
+                    .any(|t| !TREES.contains(&&*String::from_utf8_lossy(t)))
                     || [&trees.models, &trees.versions, &trees.events]
                         .iter()
                         .any(|t| !t.is_empty());
@@ -337,7 +344,6 @@ impl Store {
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             hub,
-            path: dir.to_path_buf(),
             blobs,
         })
     }
@@ -350,10 +356,6 @@ impl Store {
     /// Written outside transactions; made durable by the writer's next flush.
     pub fn blobs(&self) -> sled::Tree {
         self.blobs.clone()
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Stops the writer after the jobs already queued, and waits for it.
