@@ -316,6 +316,21 @@ async fn aliases_move_by_compare_and_set_and_resolve_everywhere() {
         .await;
     assert_eq!(err.unwrap_err().code(), tonic::Code::FailedPrecondition);
 
+    // A status change answers with the version as a Get would, aliases included.
+    let v = c
+        .set_version_status(SetVersionStatusRequest {
+            r#ref: req::spec("churn@production"),
+            status: VersionStatus::Deprecated as i32,
+            reason: "sunset soon".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (v.version, v.status(), v.aliases.clone()),
+        (2, VersionStatus::Deprecated, vec!["production".to_string()])
+    );
+
     // Lifecycle moves are audited; illegal ones name the allowed ones.
     let v = c
         .set_version_status(SetVersionStatusRequest {

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::artifacts::ArtifactStore;
 use crate::error::{RegistryError, Result};
 use crate::names::{validate_alias, validate_name, VersionSpec};
-use crate::store::{abort, now, status_name, version_status, Change, Store, TxResult};
+use crate::store::{abort, aliases_of, now, status_name, version_status, Change, Store, TxResult};
 use crate::watch::{self, WatchItem};
 
 /// Who is asking and why: recorded in the audit trail of every mutation.
@@ -333,6 +333,7 @@ impl Registry {
             .mutate(&caller.actor, move |tx| {
                 let model = tx.existing_model(&name)?;
                 let mut version = tx.version(&name, number)?;
+                version.aliases = aliases_of(&model, number);
                 let from = version_status(&version);
                 if from == status {
                     return Ok(version); // nothing to change, nothing to record
@@ -373,7 +374,6 @@ impl Registry {
                     before: json!({"status": status_name(from)}),
                     after: json!({"status": status_name(status)}),
                 })?;
-                version.aliases = Vec::new();
                 Ok(version)
             })
             .await

@@ -541,7 +541,8 @@ impl Reader {
     }
 }
 
-fn aliases_of(model: &Model, version: u64) -> Vec<String> {
+/// Aliases of `model` that point at `version`, sorted.
+pub fn aliases_of(model: &Model, version: u64) -> Vec<String> {
     let mut a: Vec<String> = model
         .aliases
         .iter()
