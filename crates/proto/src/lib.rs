@@ -24,6 +24,28 @@ pub mod metadata {
     pub const RESUME_REVISION: &str = "x-evergreen-resume-revision";
 }
 
+/// Naming rules that are part of the contract (checked by the registry,
+/// and early by any daemon that will later hand a name to it).
+pub mod names {
+    /// Model and alias names: `^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`. The error
+    /// names `field` and the expected shape.
+    pub fn check_name(field: &str, name: &str) -> Result<(), String> {
+        let ok = !name.is_empty()
+            && name.len() <= 128
+            && name.as_bytes()[0].is_ascii_alphanumeric()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "invalid {field} {name:?}: expected 1-128 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit"
+            ))
+        }
+    }
+}
+
 /// Enum names without their proto prefix, as people read and type them:
 /// `ACTIVE`, `ALIAS_SET`, `NUMERIC`.
 macro_rules! short_name {
@@ -41,6 +63,8 @@ short_name! {
     VersionStatus => "VERSION_STATUS_",
     EventKind => "EVENT_KIND_",
     FeatureType => "FEATURE_TYPE_",
+    JobState => "JOB_STATE_",
+    Stage => "STAGE_",
 }
 
 #[cfg(test)]

@@ -2,21 +2,9 @@
 
 use crate::error::{RegistryError, Result};
 
-/// Model and alias names: `^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`.
+/// Model and alias names: the contract's rule (`evergreen_proto::names`).
 pub fn validate_name(field: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(RegistryError::InvalidArgument(format!(
-            "invalid {field} {name:?}: expected 1-128 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit"
-        )))
-    }
+    evergreen_proto::names::check_name(field, name).map_err(RegistryError::InvalidArgument)
 }
 
 /// Aliases follow the model-name rule and must not be all digits, so that

@@ -1,1 +1,50 @@
-//! Evergreen trainer daemon — arrives with its own issue (see ARCHITECTURE.md).
+//! Evergreen's trainer daemon: reads a CSV, preprocesses, trains (decision
+//! tree, random forest, logistic and linear regression), cross-validates and
+//! searches hyperparameters, evaluates, and registers a reproducible model
+//! version with its metrics, lineage and reference profile.
+//!
+//! Code map: `data` (CSV → typed columns), `spec` (request validation and
+//! the stored recipe), `train` (the computation), `jobs` (queue, cancel,
+//! persistence, registration), `registry` (client side of the registry
+//! contract), `grpc` (the tonic adapter), `config`, `error`.
+
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod grpc;
+pub mod jobs;
+pub mod registry;
+pub mod spec;
+pub mod train;
+
+use std::future::Future;
+
+use evergreen_proto::v1::trainer_server::TrainerServer;
+use tokio::net::TcpListener;
+use tonic::service::RoutesBuilder;
+
+pub use crate::config::TrainerConfig;
+use crate::grpc::TrainerGrpc;
+
+/// Runs the trainer on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: TrainerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let registry = registry::Registry::connect_lazy(&config.registry_url)?;
+    let jobs = jobs::Jobs::open(&config.data_dir, registry, config.max_concurrent_jobs)?;
+    let (health_reporter, health) = evergreen_runtime::tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<TrainerServer<TrainerGrpc>>()
+        .await;
+    let mut routes = RoutesBuilder::default();
+    routes
+        .add_service(health)
+        .add_service(TrainerGrpc::server(jobs.clone()));
+    tracing::info!(addr = %listener.local_addr()?, registry = %config.registry_url, "trainer serving");
+    evergreen_runtime::serve(listener, routes, shutdown).await?;
+    tracing::info!("trainer stopped");
+    Ok(())
+}

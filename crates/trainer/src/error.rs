@@ -1,0 +1,97 @@
+//! The trainer's domain errors; `grpc::to_status` maps them to statuses.
+
+use std::path::Path;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TrainError {
+    /// The request is malformed (unknown algorithm, bad parameter, ...).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The dataset cannot be used; the message starts with the file name and
+    /// says where and why ("data.csv line 3: column f7: ...").
+    #[error("{0}")]
+    Data(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("cancelled: {0}")]
+    Cancelled(String),
+    /// The registry refused or failed a call.
+    #[error("registry: {message}")]
+    Registry { code: tonic::Code, message: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl TrainError {
+    pub fn data(path: &Path, msg: impl std::fmt::Display) -> Self {
+        TrainError::Data(format!("{} {msg}", path.display()))
+    }
+
+    pub fn from_status(s: tonic::Status) -> Self {
+        TrainError::Registry {
+            code: s.code(),
+            message: s.message().to_string(),
+        }
+    }
+
+    /// The gRPC code this error maps to.
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            TrainError::InvalidArgument(_) | TrainError::Data(_) => Code::InvalidArgument,
+            TrainError::NotFound(_) => Code::NotFound,
+            TrainError::FailedPrecondition(_) => Code::FailedPrecondition,
+            TrainError::Cancelled(_) => Code::Cancelled,
+            TrainError::Registry { code, .. } => match code {
+                // Our request was wrong: the caller's fault only for these.
+                Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::AlreadyExists => *code,
+                Code::Unavailable | Code::DeadlineExceeded => Code::Unavailable,
+                _ => Code::Internal,
+            },
+            TrainError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<evergreen_model::FitError> for TrainError {
+    fn from(e: evergreen_model::FitError) -> Self {
+        use evergreen_model::FitError;
+        match e {
+            FitError::InvalidParams(m) => TrainError::InvalidArgument(m),
+            FitError::Data(m) => TrainError::Data(m),
+            FitError::Cancelled => TrainError::Cancelled("stopped during fitting".into()),
+            FitError::Linfa(m) => TrainError::FailedPrecondition(format!("fitting failed: {m}")),
+        }
+    }
+}
+
+const CODE_NAMES: &[(tonic::Code, &str)] = &[
+    (tonic::Code::Ok, "OK"),
+    (tonic::Code::Cancelled, "CANCELLED"),
+    (tonic::Code::Unknown, "UNKNOWN"),
+    (tonic::Code::InvalidArgument, "INVALID_ARGUMENT"),
+    (tonic::Code::DeadlineExceeded, "DEADLINE_EXCEEDED"),
+    (tonic::Code::NotFound, "NOT_FOUND"),
+    (tonic::Code::AlreadyExists, "ALREADY_EXISTS"),
+    (tonic::Code::PermissionDenied, "PERMISSION_DENIED"),
+    (tonic::Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
+    (tonic::Code::FailedPrecondition, "FAILED_PRECONDITION"),
+    (tonic::Code::Aborted, "ABORTED"),
+    (tonic::Code::OutOfRange, "OUT_OF_RANGE"),
+    (tonic::Code::Unimplemented, "UNIMPLEMENTED"),
+    (tonic::Code::Internal, "INTERNAL"),
+    (tonic::Code::Unavailable, "UNAVAILABLE"),
+    (tonic::Code::DataLoss, "DATA_LOSS"),
+    (tonic::Code::Unauthenticated, "UNAUTHENTICATED"),
+];
+
+/// The canonical name of a gRPC code (`INVALID_ARGUMENT`).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    CODE_NAMES.iter().find(|(c, _)| *c == code).map_or("UNKNOWN", |(_, n)| n)
+}
+
+pub fn code_from_name(name: &str) -> tonic::Code {
+    CODE_NAMES.iter().find(|(_, n)| *n == name).map_or(tonic::Code::Unknown, |(c, _)| *c)
+}

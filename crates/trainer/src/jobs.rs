@@ -1,0 +1,407 @@
+//! Training jobs: queue, run, cancel, persist, and register the result.
+//!
+//! Jobs are records in a small sled database so that `GetJob`/`ListJobs`
+//! survive a restart; a job that was queued or running when the trainer
+//! stopped reads as FAILED afterwards (nothing was registered: registration
+//! is the job's last step). Live progress goes through a `watch` channel
+//! per running job.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use evergreen_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Semaphore};
+
+use crate::data::{self, Selection};
+use crate::error::TrainError;
+use crate::registry::{NewVersion, Registry};
+use crate::spec::{Gate, RawRequest, Recipe, TrainSpec};
+use crate::train::{self, Champion, GateOutcome, Inputs, Progress, Stage, PRODUCER};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub state: JobState,
+    pub model: String,
+    pub version: u64,
+    pub metrics: BTreeMap<String, f64>,
+    pub params: BTreeMap<String, String>,
+    pub error: String,
+    /// gRPC code name of the failure.
+    pub error_code: String,
+    pub request: RawRequest,
+    pub progress: Progress,
+    pub artifact_sha256: String,
+    pub gate: Option<GateOutcome>,
+    pub created_ms: i64,
+    pub finished_ms: i64,
+    pub actor: String,
+    /// Start of the run, for `elapsed`; not persisted meaningfully.
+    #[serde(skip)]
+    pub started: Option<Instant>,
+}
+
+struct Live {
+    cancel: Arc<AtomicBool>,
+    cancel_reason: Arc<Mutex<String>>,
+    tx: watch::Sender<JobRecord>,
+}
+
+pub struct Jobs {
+    db: sled::Db,
+    tree: sled::Tree,
+    live: Mutex<HashMap<String, Live>>,
+    permits: Arc<Semaphore>,
+    registry: Registry,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Jobs {
+    /// Opens the job database; jobs interrupted by a stop become FAILED.
+    pub fn open(dir: &Path, registry: Registry, max_concurrent: usize) -> anyhow::Result<Arc<Jobs>> {
+        std::fs::create_dir_all(dir)?;
+        let db = sled::Config::new().path(dir.join("jobs")).open()?;
+        let tree = db.open_tree("jobs")?;
+        for item in tree.iter() {
+            let (k, v) = item?;
+            let mut job: JobRecord = serde_json::from_slice(&v)?;
+            if !job.state.is_final() {
+                job.state = JobState::Failed;
+                job.error = "the trainer stopped while this job was queued or running; nothing was registered".into();
+                job.error_code = "ABORTED".into();
+                job.finished_ms = now_ms();
+                tree.insert(k, serde_json::to_vec(&job)?)?;
+            }
+        }
+        db.flush()?;
+        Ok(Arc::new(Jobs {
+            db,
+            tree,
+            live: Mutex::new(HashMap::new()),
+            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            registry,
+        }))
+    }
+
+    fn save(&self, job: &JobRecord) {
+        let bytes = serde_json::to_vec(job).expect("job records serialize");
+        if let Err(e) = self.tree.insert(job.id.as_bytes(), bytes).and_then(|_| self.db.flush().map(drop)) {
+            tracing::error!(job = %job.id, error = %e, "cannot persist job record");
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Result<JobRecord, TrainError> {
+        if let Some(live) = self.live.lock().unwrap().get(id) {
+            return Ok(live.tx.borrow().clone());
+        }
+        match self.tree.get(id.as_bytes()) {
+            Ok(Some(v)) => serde_json::from_slice(&v).map_err(|e| TrainError::Internal(e.to_string())),
+            Ok(None) => Err(TrainError::NotFound(format!("job {id:?} not found"))),
+            Err(e) => Err(TrainError::Internal(e.to_string())),
+        }
+    }
+
+    /// Newest first.
+    pub fn list(&self, model: &str, limit: usize) -> Vec<JobRecord> {
+        let limit = if limit == 0 { 100 } else { limit };
+        self.tree
+            .iter()
+            .rev()
+            .filter_map(|r| r.ok())
+            .filter_map(|(_, v)| serde_json::from_slice::<JobRecord>(&v).ok())
+            .map(|j| self.get(&j.id).unwrap_or(j))
+            .filter(|j| model.is_empty() || j.model == model)
+            .take(limit)
+            .collect()
+    }
+
+    /// A receiver that sees the job's updates; a finished job's receiver
+    /// holds its final record.
+    pub fn subscribe(&self, id: &str) -> Result<watch::Receiver<JobRecord>, TrainError> {
+        if let Some(live) = self.live.lock().unwrap().get(id) {
+            return Ok(live.tx.subscribe());
+        }
+        let job = self.get(id)?;
+        Ok(watch::channel(job).1)
+    }
+
+    pub fn cancel(&self, id: &str, reason: &str) -> Result<JobRecord, TrainError> {
+        {
+            let live = self.live.lock().unwrap();
+            if let Some(l) = live.get(id) {
+                *l.cancel_reason.lock().unwrap() = if reason.is_empty() { "cancelled by request".into() } else { reason.to_string() };
+                l.cancel.store(true, Ordering::Relaxed);
+                return Ok(l.tx.borrow().clone());
+            }
+        }
+        let job = self.get(id)?;
+        Err(TrainError::FailedPrecondition(format!(
+            "job {id} already ended ({:?}); only queued or running jobs can be cancelled",
+            job.state
+        )))
+    }
+
+    /// Validates a request, records the job and starts it.
+    pub fn submit(self: &Arc<Self>, raw: RawRequest, actor: &str) -> Result<JobRecord, TrainError> {
+        let spec = raw.clone().validate()?;
+        let recipe_json = serde_json::to_string(&spec.recipe).expect("recipes serialize");
+        self.start(spec, raw, recipe_json, actor)
+    }
+
+    /// Retrains `model` with the recipe of the version behind `alias`
+    /// (the latest version when the alias does not exist).
+    pub async fn retrain(
+        self: &Arc<Self>,
+        model: &str,
+        alias: &str,
+        dataset_uri: &str,
+        reason: &str,
+        gate: Option<Gate>,
+        actor: &str,
+    ) -> Result<JobRecord, TrainError> {
+        evergreen_proto::names::check_name("model name", model).map_err(TrainError::InvalidArgument)?;
+        let alias = if alias.is_empty() { "production" } else { alias };
+        let version = match self.registry.version_at(model, alias).await? {
+            Some(v) => v.version,
+            None => self.registry.latest_version(model).await?.ok_or_else(|| {
+                TrainError::NotFound(format!("model {model:?} has no versions to take a recipe from"))
+            })?,
+        };
+        let current = self.registry.load_model(model, version).await?;
+        let recipe: Recipe = serde_json::from_str(&current.training.recipe).map_err(|e| {
+            TrainError::FailedPrecondition(format!(
+                "{model}/{version} has no usable recipe ({e}); train it with an explicit request"
+            ))
+        })?;
+        let raw = RawRequest {
+            model: model.to_string(),
+            dataset_uri: dataset_uri.to_string(),
+            reason: format!("retrain of {model}/{version}: {reason}"),
+            gate: gate.map(|g| (g.alias, g.metric, g.min_improvement)),
+            ..recipe.to_raw()
+        };
+        self.submit(raw, actor)
+    }
+
+    fn start(self: &Arc<Self>, spec: TrainSpec, raw: RawRequest, recipe_json: String, actor: &str) -> Result<JobRecord, TrainError> {
+        // Cheap checks now, so a typo fails the call rather than the job.
+        let header = data::read_header(&spec.dataset)?;
+        data::resolve(&spec.dataset, &header, &selection(&spec.recipe))?;
+        let id = format!("job-{:06}", self.db.generate_id().map_err(|e| TrainError::Internal(e.to_string()))? + 1);
+        let job = JobRecord {
+            id: id.clone(),
+            state: JobState::Queued,
+            model: spec.model.clone(),
+            version: 0,
+            metrics: BTreeMap::new(),
+            params: BTreeMap::new(),
+            error: String::new(),
+            error_code: String::new(),
+            request: raw,
+            progress: Progress::stage(Stage::Queued, 0.0, "waiting for a training slot"),
+            artifact_sha256: String::new(),
+            gate: None,
+            created_ms: now_ms(),
+            finished_ms: 0,
+            actor: actor.to_string(),
+            started: None,
+        };
+        self.save(&job);
+        let (tx, _) = watch::channel(job.clone());
+        let cancel = Arc::new(AtomicBool::new(false));
+        let cancel_reason = Arc::new(Mutex::new(String::new()));
+        self.live.lock().unwrap().insert(
+            id.clone(),
+            Live { cancel: cancel.clone(), cancel_reason: cancel_reason.clone(), tx: tx.clone() },
+        );
+        let jobs = self.clone();
+        tokio::spawn(async move {
+            let result = jobs.run(&spec, recipe_json, &tx, cancel).await;
+            let mut job = tx.borrow().clone();
+            job.finished_ms = now_ms();
+            match result {
+                Ok(()) => job.state = JobState::Succeeded,
+                Err(TrainError::Cancelled(why)) => {
+                    let reason = cancel_reason.lock().unwrap().clone();
+                    job.state = JobState::Cancelled;
+                    job.error = if reason.is_empty() { format!("cancelled: {why}") } else { format!("cancelled: {reason}; nothing was registered") };
+                    job.error_code = "CANCELLED".into();
+                }
+                Err(e) => {
+                    job.state = JobState::Failed;
+                    job.error = e.to_string();
+                    job.error_code = crate::error::code_name(e.code()).into();
+                }
+            }
+            if job.state == JobState::Succeeded {
+                job.progress = Progress::stage(Stage::Done, 100.0, format!("registered {}/{}", job.model, job.version));
+            }
+            tracing::info!(job = %job.id, state = ?job.state, version = job.version, error = %job.error, "training job ended");
+            jobs.save(&job);
+            jobs.live.lock().unwrap().remove(&job.id);
+            let _ = tx.send(job);
+        });
+        Ok(job)
+    }
+
+    async fn run(&self, spec: &TrainSpec, recipe_json: String, tx: &watch::Sender<JobRecord>, cancel: Arc<AtomicBool>) -> Result<(), TrainError> {
+        let _permit = tokio::select! {
+            p = self.permits.clone().acquire_owned() => p.map_err(|_| TrainError::Internal("trainer shutting down".into()))?,
+            _ = wait_flag(&cancel) => return Err(TrainError::Cancelled("while queued".into())),
+        };
+        let started = Instant::now();
+        tx.send_modify(|j| {
+            j.state = JobState::Running;
+            j.started = Some(started);
+            j.progress = Progress::stage(Stage::Loading, 1.0, format!("reading {}", spec.dataset.display()));
+        });
+        self.save(&tx.borrow());
+        let actor = tx.borrow().actor.clone();
+
+        // The champion, when the request has a gate.
+        let champion = match &spec.gate {
+            None => None,
+            Some(g) => match self.registry.version_at(&spec.model, &g.alias).await? {
+                None => None,
+                Some(v) => Some(Champion { version: v.version, model: self.registry.load_model(&spec.model, v.version).await? }),
+            },
+        };
+
+        let spec2 = spec.clone();
+        let tx2 = tx.clone();
+        let cancel2 = cancel.clone();
+        let outcome = tokio::task::spawn_blocking(move || -> Result<(train::Outcome, std::time::Duration), TrainError> {
+            let data = data::load(&spec2.dataset, &selection(&spec2.recipe))?;
+            let progress = |p: Progress| {
+                tx2.send_modify(|j| j.progress = p);
+            };
+            let inputs = Inputs {
+                recipe: &spec2.recipe,
+                recipe_json,
+                gate: spec2.gate.as_ref(),
+                champion: champion.as_ref(),
+                cancel: &cancel2,
+                progress: &progress,
+            };
+            let t0 = Instant::now();
+            let out = train::train(&data, &inputs)?;
+            Ok((out, t0.elapsed()))
+        })
+        .await
+        .map_err(|e| TrainError::Internal(format!("training task failed: {e}")))?;
+        let (out, fit_time) = outcome?;
+        if cancel.load(Ordering::Relaxed) {
+            return Err(TrainError::Cancelled("before registering".into()));
+        }
+
+        // Register: from here on the job is not cancellable.
+        tx.send_modify(|j| j.progress = Progress::stage(Stage::Registering, 97.0, "registering the version"));
+        let id = tx.borrow().id.clone();
+        let sha = hex::encode(sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&out.bytes)));
+        let mut metrics = out.metrics.clone();
+        metrics.insert("train_seconds".into(), fit_time.as_secs_f64());
+        let r = &spec.recipe;
+        let mut params = out.params.clone();
+        params.insert("algorithm".into(), r.algorithm.name().into());
+        params.insert("target".into(), r.target.clone());
+        params.insert("seed".into(), r.seed.to_string());
+        params.insert("test_fraction".into(), r.test_fraction.to_string());
+        params.insert("cv_folds".into(), r.cv_folds.to_string());
+        params.insert("metric".into(), r.metric.clone());
+        params.insert("stratify".into(), r.stratify.to_string());
+        let mut tags = spec.tags.clone();
+        tags.insert("evergreen.job".into(), id.clone());
+        if let Some(c) = &out.confusion {
+            tags.insert("evergreen.confusion_matrix".into(), serde_json::to_string(c).expect("json"));
+        }
+        if out.search.len() > 1 {
+            tags.insert("evergreen.search".into(), serde_json::to_string(&out.search).expect("json"));
+        }
+        if let Some(g) = &out.gate {
+            tags.insert("evergreen.gate".into(), serde_json::to_string(g).expect("json"));
+        }
+        let version = self
+            .registry
+            .register(
+                NewVersion {
+                    model: &spec.model,
+                    artifact: &out.bytes,
+                    sha256: &sha,
+                    schema: &out.model.schema,
+                    params: params.clone(),
+                    metrics: metrics.clone(),
+                    tags,
+                    lineage: pb::Lineage {
+                        run_id: id.clone(),
+                        dataset_sha256: out.model.training.dataset_sha256.clone(),
+                        dataset_uri: spec.dataset_uri.clone(),
+                        parent_version: out.gate.as_ref().map_or(0, |g| g.champion_version),
+                        producer: PRODUCER.to_string(),
+                    },
+                    description: spec.description.clone(),
+                    reason: if spec.reason.is_empty() { format!("trained by {id}") } else { spec.reason.clone() },
+                },
+                &actor,
+            )
+            .await?;
+        let mut gate = out.gate.clone();
+        if let Some(g) = gate.as_mut().filter(|g| g.promote) {
+            let expected = (g.champion_version > 0).then_some(g.champion_version);
+            let moved = self
+                .registry
+                .move_alias(&spec.model, &g.alias, version.version, expected, format!("{id}: {}", g.reason), &actor)
+                .await?;
+            if !moved {
+                g.promote = false;
+                g.reason = format!("{}; but {}@{} moved meanwhile, so it was left alone", g.reason, spec.model, g.alias);
+            }
+        }
+        tx.send_modify(|j| {
+            j.version = version.version;
+            j.metrics = metrics;
+            j.params = params;
+            j.artifact_sha256 = sha;
+            j.gate = gate;
+        });
+        Ok(())
+    }
+}
+
+async fn wait_flag(flag: &AtomicBool) {
+    while !flag.load(Ordering::Relaxed) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+pub fn selection(r: &Recipe) -> Selection {
+    Selection {
+        target: r.target.clone(),
+        classification: r.algorithm.is_classifier(),
+        features: r.features.clone(),
+        exclude: r.exclude.clone(),
+        categorical: r.categorical.clone(),
+    }
+}
+
