@@ -5,15 +5,20 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use evergreen_proto::v1::registry_client::RegistryClient;
+use evergreen_proto::v1::trainer_client::TrainerClient;
 use evergreen_registry::RegistryConfig;
+use evergreen_trainer::TrainerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
-/// One running registry (more daemons join as their issues land).
+/// A running registry, and a trainer when asked for.
 pub struct Sandbox {
     pub registry_addr: SocketAddr,
+    pub trainer_addr: Option<SocketAddr>,
+    trainer: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
+    trainer_config: Option<TrainerConfig>,
     dir: Option<tempfile::TempDir>,
     data_dir: PathBuf,
     config: RegistryConfig,
@@ -26,12 +31,19 @@ type ConfigTweak = Box<dyn FnOnce(&mut RegistryConfig)>;
 #[derive(Default)]
 pub struct SandboxBuilder {
     tweak: Option<ConfigTweak>,
+    trainer: bool,
 }
 
 impl SandboxBuilder {
     /// Adjusts the registry's config before start.
     pub fn registry(mut self, f: impl FnOnce(&mut RegistryConfig) + 'static) -> Self {
         self.tweak = Some(Box::new(f));
+        self
+    }
+
+    /// Also start a trainer that registers into this registry.
+    pub fn trainer(mut self) -> Self {
+        self.trainer = true;
         self
     }
 
@@ -45,8 +57,15 @@ impl SandboxBuilder {
             f(&mut config);
         }
         let data_dir = config.data_dir.clone();
+        let trainer_config = self.trainer.then(|| TrainerConfig {
+            data_dir: dir.path().join("trainer"),
+            ..Default::default()
+        });
         let mut sandbox = Sandbox {
             registry_addr: "127.0.0.1:0".parse().unwrap(),
+            trainer_addr: None,
+            trainer: None,
+            trainer_config,
             dir: Some(dir),
             data_dir,
             config,
@@ -54,6 +73,9 @@ impl SandboxBuilder {
             task: None,
         };
         sandbox.boot().await;
+        if sandbox.trainer_config.is_some() {
+            sandbox.boot_trainer().await;
+        }
         sandbox
     }
 }
@@ -80,6 +102,56 @@ impl Sandbox {
             .await
         }));
         self.stop = Some(tx);
+    }
+
+    async fn boot_trainer(&mut self) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        self.trainer_addr = Some(listener.local_addr().unwrap());
+        let mut config = self
+            .trainer_config
+            .clone()
+            .expect("a trainer was asked for");
+        config.registry_url = self.registry_url();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            evergreen_trainer::run(config, listener, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        self.trainer = Some((tx, task));
+    }
+
+    pub fn trainer_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.trainer_addr.expect("sandbox started with .trainer()")
+        )
+    }
+
+    pub async fn trainer(&self) -> TrainerClient<Channel> {
+        let channel = Channel::from_shared(self.trainer_url())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to trainer");
+        TrainerClient::new(channel)
+    }
+
+    /// Stops the trainer gracefully and starts it again on the same data dir.
+    pub async fn restart_trainer(&mut self) {
+        if let Some((tx, task)) = self.trainer.take() {
+            let _ = tx.send(());
+            task.await
+                .expect("trainer task panicked")
+                .expect("trainer stopped cleanly");
+        }
+        self.boot_trainer().await;
+    }
+
+    /// Whether the trainer task is still running.
+    pub fn trainer_running(&self) -> bool {
+        self.trainer.as_ref().is_some_and(|(_, t)| !t.is_finished())
     }
 
     pub fn registry_url(&self) -> String {
@@ -127,11 +199,21 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        if let Some((tx, _)) = self.trainer.take() {
+            let _ = tx.send(());
+        }
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
         let _ = self.dir.take();
     }
+}
+
+/// The shared data sets (`../shared/data`).
+pub fn shared_data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data")
+        .join(name)
 }
 
 /// Helpers for building requests in tests.

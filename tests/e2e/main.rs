@@ -3,4 +3,5 @@
 mod bad_input;
 mod lifecycle;
 mod platform;
+mod trainer;
 mod watch;

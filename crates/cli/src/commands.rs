@@ -41,7 +41,7 @@ pub struct Ctx {
 }
 
 /// `a: b: c` from an error and its sources (transport errors nest deeply).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];
     let mut source = e.source();
     while let Some(s) = source {
@@ -62,6 +62,14 @@ fn version_ref(reference: String) -> Option<VersionRef> {
     })
 }
 
+/// The actor header value (printable ASCII only).
+pub fn actor_value(actor: &str) -> anyhow::Result<AsciiMetadataValue> {
+    Some(actor)
+        .filter(|a| a.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        .and_then(|a| AsciiMetadataValue::try_from(a).ok())
+        .ok_or_else(|| anyhow!("invalid --actor {actor:?}: use printable ASCII only"))
+}
+
 impl Ctx {
     pub async fn connect(url: &str, actor: &str, json: bool) -> anyhow::Result<Self> {
         let url = if url.contains("://") {
@@ -69,10 +77,7 @@ impl Ctx {
         } else {
             format!("http://{url}")
         };
-        let actor = Some(actor)
-            .filter(|a| a.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
-            .and_then(|a| AsciiMetadataValue::try_from(a).ok())
-            .ok_or_else(|| anyhow!("invalid --actor {actor:?}: use printable ASCII only"))?;
+        let actor = actor_value(actor)?;
         let endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| anyhow!("invalid --registry URL {url:?}: {e}"))?
             .connect_timeout(Duration::from_secs(5));

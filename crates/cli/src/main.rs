@@ -5,6 +5,7 @@
 
 mod commands;
 mod output;
+mod train;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ use tonic::{Code, Status};
 #[command(
     name = "evergreen",
     version,
-    about = "Drive the Evergreen model registry from a shell"
+    about = "Drive Evergreen (registry, trainer) from a shell"
 )]
 struct Cli {
     /// Registry gRPC endpoint.
@@ -30,6 +31,16 @@ struct Cli {
         value_name = "URL"
     )]
     registry: String,
+
+    /// Trainer gRPC endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "EVERGREEN_TRAINER_URL",
+        default_value = "http://127.0.0.1:7401",
+        value_name = "URL"
+    )]
+    trainer: String,
 
     /// Machine-readable output: one JSON value (per line for `watch`).
     #[arg(long, global = true)]
@@ -61,6 +72,30 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         limit: u32,
     },
+    /// Train a model from a CSV and register it as a new version.
+    Train(TrainArgs),
+    /// Retrain a model with its current version's recipe on new data.
+    Retrain {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        data: String,
+        /// Whose recipe to reuse (default production; else the latest version).
+        #[arg(long, default_value = "")]
+        alias: String,
+        #[arg(long, value_name = "ALIAS")]
+        promote_if_better: Option<String>,
+        #[arg(long, value_name = "METRIC", default_value = "")]
+        metric: String,
+        #[arg(long, default_value_t = 0.0, value_name = "DELTA")]
+        min_improvement: f64,
+        #[arg(long)]
+        detach: bool,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// List, inspect, follow and cancel training jobs.
+    #[command(subcommand)]
+    Jobs(JobsCmd),
     /// Print registry events as they happen, until interrupted.
     Watch {
         /// Replay events after this revision first (default: from now on).
@@ -69,6 +104,112 @@ enum Command {
         /// Only events of this model.
         #[arg(long, value_name = "NAME")]
         model: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// CSV file with a header row (a path on the trainer's machine; a local
+    /// file is sent as an absolute path).
+    #[arg(long, value_name = "FILE")]
+    data: String,
+    /// Column to predict.
+    #[arg(long, value_name = "COL")]
+    target: String,
+    /// Model to register the version under (created if new).
+    #[arg(long, value_name = "NAME")]
+    model: String,
+    #[arg(long, value_enum, default_value = "random_forest")]
+    algorithm: AlgorithmArg,
+    /// Hyperparameter as KEY=VALUE; a comma list (max_depth=4,8,16) is a
+    /// search space (repeatable).
+    #[arg(long = "param", value_name = "K=V", value_parser = parse_kv)]
+    params: Vec<(String, String)>,
+    /// Cross-validation folds (0: none; 5 when searching).
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    cv: u32,
+    /// Seed for the split, folds, search and model (same seed + same data =
+    /// same artifact).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Held-out share of rows for the test metrics.
+    #[arg(long, default_value_t = 0.3, value_name = "F")]
+    test_fraction: f64,
+    /// Use only these feature columns (repeatable; default: all but target).
+    #[arg(long = "feature", value_name = "COL")]
+    features: Vec<String>,
+    /// Leave this column out (repeatable).
+    #[arg(long = "exclude", value_name = "COL")]
+    exclude: Vec<String>,
+    /// Treat this column as categorical even if it looks numeric (repeatable).
+    #[arg(long = "categorical", value_name = "COL")]
+    categorical: Vec<String>,
+    /// Sample --n-iter candidates instead of trying the whole grid.
+    #[arg(long)]
+    random_search: bool,
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    n_iter: u32,
+    /// Metric that picks the best candidate and gates promotion (default:
+    /// accuracy, or r2 for regression).
+    #[arg(long, value_name = "METRIC", default_value = "")]
+    metric: String,
+    /// Move this alias to the new version only if it beats the alias's
+    /// current version on the same holdout (compare-and-set).
+    #[arg(long, value_name = "ALIAS")]
+    promote_if_better: Option<String>,
+    /// Required improvement of --metric for --promote-if-better.
+    #[arg(long, default_value_t = 0.0, value_name = "DELTA")]
+    min_improvement: f64,
+    /// Submit the job and return at once (follow it with `jobs watch`).
+    #[arg(long)]
+    detach: bool,
+    #[arg(long, default_value = "")]
+    reason: String,
+    #[arg(long, default_value = "")]
+    description: String,
+    /// Tag the version with KEY=VALUE (repeatable).
+    #[arg(long = "tag", value_name = "K=V", value_parser = parse_kv)]
+    tags: Vec<(String, String)>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+#[value(rename_all = "snake_case")]
+enum AlgorithmArg {
+    DecisionTree,
+    RandomForest,
+    LogisticRegression,
+    LinearRegression,
+}
+
+impl AlgorithmArg {
+    fn name(self) -> &'static str {
+        match self {
+            AlgorithmArg::DecisionTree => "decision_tree",
+            AlgorithmArg::RandomForest => "random_forest",
+            AlgorithmArg::LogisticRegression => "logistic_regression",
+            AlgorithmArg::LinearRegression => "linear_regression",
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum JobsCmd {
+    /// Training jobs, newest first.
+    List {
+        #[arg(long, value_name = "NAME")]
+        model: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Show one job.
+    Get { id: String },
+    /// Follow a job's progress until it ends.
+    Watch { id: String },
+    /// Cancel a queued or running job (nothing is registered).
+    Cancel {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
     },
 }
 
@@ -241,25 +382,7 @@ fn to_map<V>(pairs: Vec<(String, V)>) -> HashMap<String, V> {
 
 /// The gRPC name of a status code, as in `error: NOT_FOUND: ...`.
 pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
+    evergreen_proto::codes::name(code)
 }
 
 /// Prints a failure to stderr: `error: CODE: message` for a gRPC status,
@@ -281,6 +404,79 @@ fn default_actor() -> String {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let actor = cli.actor.unwrap_or_else(default_actor);
+    let gate = |alias: Option<String>, metric: &str, min_improvement: f64| {
+        alias.map(|alias| evergreen_proto::v1::Gate {
+            alias,
+            metric: metric.to_string(),
+            min_improvement,
+        })
+    };
+    match cli.command {
+        Command::Train(a) => {
+            let mut t =
+                train::TrainCtx::connect(&cli.trainer, commands::actor_value(&actor)?, cli.json)
+                    .await?;
+            let options = train::TrainOptions {
+                gate: gate(a.promote_if_better, &a.metric, a.min_improvement),
+                model: a.model,
+                data: a.data,
+                target: a.target,
+                algorithm: a.algorithm.name().to_string(),
+                params: a.params,
+                cv: a.cv,
+                seed: a.seed,
+                test_fraction: a.test_fraction,
+                features: a.features,
+                exclude: a.exclude,
+                categorical: a.categorical,
+                random_search: a.random_search,
+                n_iter: a.n_iter,
+                metric: a.metric,
+                reason: a.reason,
+                description: a.description,
+                tags: a.tags,
+            };
+            t.train(options, a.detach).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Retrain {
+            name,
+            data,
+            alias,
+            promote_if_better,
+            metric,
+            min_improvement,
+            detach,
+            reason,
+        } => {
+            let mut t =
+                train::TrainCtx::connect(&cli.trainer, commands::actor_value(&actor)?, cli.json)
+                    .await?;
+            t.retrain(
+                name,
+                data,
+                alias,
+                reason,
+                gate(promote_if_better, &metric, min_improvement),
+                detach,
+            )
+            .await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Jobs(cmd) => {
+            let mut t =
+                train::TrainCtx::connect(&cli.trainer, commands::actor_value(&actor)?, cli.json)
+                    .await?;
+            match cmd {
+                JobsCmd::List { model, limit } => t.list(model, limit).await?,
+                JobsCmd::Get { id } => t.get(id).await?,
+                JobsCmd::Watch { id } => t.watch(id).await?,
+                JobsCmd::Cancel { id, reason } => t.cancel(id, reason).await?,
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let mut ctx = commands::Ctx::connect(&cli.registry, &actor, cli.json).await?;
     match cli.command {
         Command::Models(cmd) => match cmd {
@@ -342,6 +538,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::History { name, limit } => ctx.history(name, limit).await?,
         Command::Watch { from, model } => return ctx.watch(from, model).await,
+        Command::Train(_) | Command::Retrain { .. } | Command::Jobs(_) => {
+            unreachable!("handled above")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -46,6 +46,47 @@ pub mod names {
     }
 }
 
+/// gRPC status codes by their canonical names (`INVALID_ARGUMENT`), as
+/// the CLI prints them and job records store them.
+pub mod codes {
+    use tonic::Code;
+
+    const NAMES: &[(Code, &str)] = &[
+        (Code::Ok, "OK"),
+        (Code::Cancelled, "CANCELLED"),
+        (Code::Unknown, "UNKNOWN"),
+        (Code::InvalidArgument, "INVALID_ARGUMENT"),
+        (Code::DeadlineExceeded, "DEADLINE_EXCEEDED"),
+        (Code::NotFound, "NOT_FOUND"),
+        (Code::AlreadyExists, "ALREADY_EXISTS"),
+        (Code::PermissionDenied, "PERMISSION_DENIED"),
+        (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
+        (Code::FailedPrecondition, "FAILED_PRECONDITION"),
+        (Code::Aborted, "ABORTED"),
+        (Code::OutOfRange, "OUT_OF_RANGE"),
+        (Code::Unimplemented, "UNIMPLEMENTED"),
+        (Code::Internal, "INTERNAL"),
+        (Code::Unavailable, "UNAVAILABLE"),
+        (Code::DataLoss, "DATA_LOSS"),
+        (Code::Unauthenticated, "UNAUTHENTICATED"),
+    ];
+
+    pub fn name(code: Code) -> &'static str {
+        NAMES
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map_or("UNKNOWN", |(_, n)| n)
+    }
+
+    /// `UNKNOWN` for a name that is not a code.
+    pub fn from_name(name: &str) -> Code {
+        NAMES
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map_or(Code::Unknown, |(c, _)| *c)
+    }
+}
+
 /// Enum names without their proto prefix, as people read and type them:
 /// `ACTIVE`, `ALIAS_SET`, `NUMERIC`.
 macro_rules! short_name {

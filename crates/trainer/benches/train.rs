@@ -38,21 +38,35 @@ fn best_of<T>(runs: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
 
 fn main() {
     let path = PathBuf::from(std::env::var("EVERGREEN_BENCH_DATA").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/synth_100000.csv").into()
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/data/synth_100000.csv"
+        )
+        .into()
     }));
-    let runs: usize = std::env::var("EVERGREEN_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let sel = Selection { target: "target".into(), classification: true, ..Default::default() };
+    let runs: usize = std::env::var("EVERGREEN_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let sel = Selection {
+        target: "target".into(),
+        classification: true,
+        ..Default::default()
+    };
     let t = Instant::now();
     let d = data::load(&path, &sel).expect("load the benchmark data");
     let load = t.elapsed();
-    let TargetColumn::Classes { y, labels } = &d.target else { unreachable!() };
+    let TargetColumn::Classes { y, labels } = &d.target else {
+        unreachable!()
+    };
     let (tr, te) = train::split(d.rows(), Some(y), 0.3, 42);
     let (pipe, feats) = Pipeline::fit(&d.names, &d.columns, &tr, Impute::Mean, false);
     let matrix = |rows: &[usize]| {
         let mut x = Array2::zeros((rows.len(), pipe.width));
         for (k, &r) in rows.iter().enumerate() {
             let raw: Vec<Value> = d.columns.iter().map(|c| c.value(r)).collect();
-            pipe.transform_row(&feats, &raw, x.row_mut(k).into_slice().unwrap()).unwrap();
+            pipe.transform_row(&feats, &raw, x.row_mut(k).into_slice().unwrap())
+                .unwrap();
         }
         x
     };
@@ -66,27 +80,64 @@ fn main() {
         }
         metrics::classification(&yte, &out, labels.len()).accuracy
     };
-    println!("data: {} ({} rows × {} features, loaded in {:.2} s); train {} / test {}; best of {runs}",
-        path.display(), d.rows(), d.names.len(), load.as_secs_f64(), tr.len(), te.len());
+    println!(
+        "data: {} ({} rows × {} features, loaded in {:.2} s); train {} / test {}; best of {runs}",
+        path.display(),
+        d.rows(),
+        d.names.len(),
+        load.as_secs_f64(),
+        tr.len(),
+        te.len()
+    );
     println!("threads: {}", rayon::current_num_threads());
     println!();
     println!("| model | fit (s) | test accuracy | vs scikit-learn 1.9.1 fit (README baseline) |");
     println!("|---|---|---|---|");
 
-    let tree_p = ForestParams { n_trees: 1, bootstrap: false, tree: TreeParams { max_depth: Some(10), seed: 42, ..TreeParams::default() } };
-    let (t_tree, tree) = best_of(runs, || fit_forest(xtr.view(), &ytr, 2, &tree_p, Control::default()).unwrap());
+    let tree_p = ForestParams {
+        n_trees: 1,
+        bootstrap: false,
+        tree: TreeParams {
+            max_depth: Some(10),
+            seed: 42,
+            ..TreeParams::default()
+        },
+    };
+    let (t_tree, tree) = best_of(runs, || {
+        fit_forest(xtr.view(), &ytr, 2, &tree_p, Control::default()).unwrap()
+    });
     let a_tree = acc(&|x, o| tree.predict_into(x, o));
-    println!("| evergreen decision tree (depth 10) | {:.3} | {:.4} | {:.1}× faster (1.9 s, 0.922) |", t_tree.as_secs_f64(), a_tree, 1.9 / t_tree.as_secs_f64());
+    println!(
+        "| evergreen decision tree (depth 10) | {:.3} | {:.4} | {:.1}× faster (1.9 s, 0.922) |",
+        t_tree.as_secs_f64(),
+        a_tree,
+        1.9 / t_tree.as_secs_f64()
+    );
 
-    let forest_p = ForestParams { n_trees: 100, bootstrap: true, tree: TreeParams { max_features: MaxFeatures::Sqrt, seed: 42, ..TreeParams::default() } };
-    let (t_forest, forest) = best_of(runs, || fit_forest(xtr.view(), &ytr, 2, &forest_p, Control::default()).unwrap());
+    let forest_p = ForestParams {
+        n_trees: 100,
+        bootstrap: true,
+        tree: TreeParams {
+            max_features: MaxFeatures::Sqrt,
+            seed: 42,
+            ..TreeParams::default()
+        },
+    };
+    let (t_forest, forest) = best_of(runs, || {
+        fit_forest(xtr.view(), &ytr, 2, &forest_p, Control::default()).unwrap()
+    });
     let a_forest = acc(&|x, o| forest.predict_into(x, o));
     let leaves: usize = forest.trees.iter().map(|t| t.n_leaves()).sum();
     println!("| evergreen random forest (100 trees, sqrt features/split) | {:.3} | {:.4} | {:.1}× faster (16.9 s, 0.970) |", t_forest.as_secs_f64(), a_forest, 16.9 / t_forest.as_secs_f64());
 
     // In-run baseline: linfa-trees, one depth-10 tree on the same split.
     let ds = DatasetBase::new(xtr.clone(), Array1::from(ytr.clone()));
-    let (t_linfa, linfa_tree) = best_of(runs, || linfa_trees::DecisionTree::params().max_depth(Some(10)).fit(&ds).unwrap());
+    let (t_linfa, linfa_tree) = best_of(runs, || {
+        linfa_trees::DecisionTree::params()
+            .max_depth(Some(10))
+            .fit(&ds)
+            .unwrap()
+    });
     let pred = linfa_tree.predict(&xte);
     let a_linfa = pred.iter().zip(&yte).filter(|(p, t)| p == t).count() as f64 / yte.len() as f64;
     println!("| linfa-trees 0.8 decision tree (depth 10), in-run baseline | {:.3} | {:.4} | {:.1}× faster |", t_linfa.as_secs_f64(), a_linfa, 1.9 / t_linfa.as_secs_f64());
@@ -103,7 +154,14 @@ fn main() {
     };
     let spec = raw.validate().unwrap();
     let cancel = AtomicBool::new(false);
-    let inputs = Inputs { recipe: &spec.recipe, recipe_json: String::new(), gate: None, champion: None, cancel: &cancel, progress: &|_| {} };
+    let inputs = Inputs {
+        recipe: &spec.recipe,
+        recipe_json: String::new(),
+        gate: None,
+        champion: None,
+        cancel: &cancel,
+        progress: &|_| {},
+    };
     let (t_job, out) = best_of(1, || train::train(&d, &inputs).unwrap());
     println!("| whole job: forest + evaluation + profile + artifact | {:.3} | {:.4} | artifact {:.1} MiB |", t_job.as_secs_f64(), out.metrics["accuracy"], out.bytes.len() as f64 / (1 << 20) as f64);
     println!();
@@ -113,7 +171,11 @@ fn main() {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/sklearn_train.py");
         println!();
         println!("scikit-learn in this run ({py}):");
-        let status = std::process::Command::new(py).arg(script).arg(&path).arg(runs.to_string()).status();
+        let status = std::process::Command::new(py)
+            .arg(script)
+            .arg(&path)
+            .arg(runs.to_string())
+            .status();
         if !status.is_ok_and(|s| s.success()) {
             println!("(scikit-learn run failed)");
         }

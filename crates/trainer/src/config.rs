@@ -39,7 +39,8 @@ impl TrainerConfig {
                 self.max_concurrent_jobs
             );
         }
-        if !(self.registry_url.starts_with("http://") || self.registry_url.starts_with("https://")) {
+        if !(self.registry_url.starts_with("http://") || self.registry_url.starts_with("https://"))
+        {
             anyhow::bail!(
                 "invalid trainer.registry_url = {:?}: expected an http:// or https:// URL",
                 self.registry_url

@@ -28,7 +28,10 @@ fn is_missing(s: &str) -> bool {
 pub enum TargetColumn {
     /// Class ids into `labels` (sorted numerically when every label is a
     /// number, else lexicographically).
-    Classes { y: Vec<usize>, labels: Vec<String> },
+    Classes {
+        y: Vec<usize>,
+        labels: Vec<String>,
+    },
     Values(Vec<f64>),
 }
 
@@ -101,7 +104,10 @@ pub fn open_error(path: &Path, e: std::io::Error) -> TrainError {
 }
 
 fn empty(path: &Path) -> TrainError {
-    TrainError::data(path, "the file is empty; expected a header row and data rows")
+    TrainError::data(
+        path,
+        "the file is empty; expected a header row and data rows",
+    )
 }
 
 fn strip_bom(b: &[u8]) -> &[u8] {
@@ -112,14 +118,25 @@ fn header_names(path: &Path, rec: &csv::ByteRecord) -> Result<Vec<String>, Train
     let mut names = Vec::with_capacity(rec.len());
     for (i, f) in rec.iter().enumerate() {
         let name = std::str::from_utf8(f)
-            .map_err(|_| TrainError::data(path, format!("line 1: column {}: header is not valid UTF-8", i + 1)))?
+            .map_err(|_| {
+                TrainError::data(
+                    path,
+                    format!("line 1: column {}: header is not valid UTF-8", i + 1),
+                )
+            })?
             .trim()
             .to_string();
         if name.is_empty() {
-            return Err(TrainError::data(path, format!("line 1: column {} has an empty name", i + 1)));
+            return Err(TrainError::data(
+                path,
+                format!("line 1: column {} has an empty name", i + 1),
+            ));
         }
         if names.contains(&name) {
-            return Err(TrainError::data(path, format!("line 1: column name {name:?} appears twice")));
+            return Err(TrainError::data(
+                path,
+                format!("line 1: column name {name:?} appears twice"),
+            ));
         }
         names.push(name);
     }
@@ -183,7 +200,10 @@ pub fn resolve(
 
 enum Builder {
     /// Type not known yet: only missing values so far.
-    Undecided { missing: usize, categorical: bool },
+    Undecided {
+        missing: usize,
+        categorical: bool,
+    },
     Numeric(Vec<f64>),
     Categorical {
         codes: Vec<u32>,
@@ -193,7 +213,12 @@ enum Builder {
 }
 
 impl Builder {
-    fn push_categorical(codes: &mut Vec<u32>, index: &mut HashMap<String, u32>, vocab: &mut Vec<String>, s: &str) {
+    fn push_categorical(
+        codes: &mut Vec<u32>,
+        index: &mut HashMap<String, u32>,
+        vocab: &mut Vec<String>,
+        s: &str,
+    ) {
         let code = match index.get(s) {
             Some(c) => *c,
             None => {
@@ -210,7 +235,10 @@ impl Builder {
         let missing = is_missing(s);
         match self {
             Builder::Undecided { missing: n, .. } if missing => *n += 1,
-            Builder::Undecided { missing: n, categorical } => {
+            Builder::Undecided {
+                missing: n,
+                categorical,
+            } => {
                 let n = *n;
                 *self = if !*categorical && s.parse::<f64>().is_ok() {
                     Builder::Numeric(vec![f64::NAN; n])
@@ -230,7 +258,11 @@ impl Builder {
                 Err(_) => return Err(format!("cannot parse {s:?} as a number")),
             },
             Builder::Categorical { codes, .. } if missing => codes.push(MISSING_CODE),
-            Builder::Categorical { codes, index, vocab } => Self::push_categorical(codes, index, vocab, s),
+            Builder::Categorical {
+                codes,
+                index,
+                vocab,
+            } => Self::push_categorical(codes, index, vocab, s),
         }
         Ok(())
     }
@@ -287,23 +319,36 @@ pub fn parse(path: &Path, bytes: &[u8], sel: &Selection) -> Result<Dataset, Trai
         if rec.len() != width {
             return Err(TrainError::data(
                 path,
-                format!("line {line}: expected {width} fields (as in the header), found {}", rec.len()),
+                format!(
+                    "line {line}: expected {width} fields (as in the header), found {}",
+                    rec.len()
+                ),
             ));
         }
         let field = |i: usize| -> Result<&str, TrainError> {
             std::str::from_utf8(&rec[i]).map(str::trim).map_err(|_| {
-                TrainError::data(path, format!("line {line}: column {}: value is not valid UTF-8", header[i]))
+                TrainError::data(
+                    path,
+                    format!(
+                        "line {line}: column {}: value is not valid UTF-8",
+                        header[i]
+                    ),
+                )
             })
         };
         for (b, &i) in builders.iter_mut().zip(&features) {
-            b.push(field(i)?)
-                .map_err(|m| TrainError::data(path, format!("line {line}: column {}: {m}", header[i])))?;
+            b.push(field(i)?).map_err(|m| {
+                TrainError::data(path, format!("line {line}: column {}: {m}", header[i]))
+            })?;
         }
         let t = field(target_at)?;
         if is_missing(t) {
             return Err(TrainError::data(
                 path,
-                format!("line {line}: column {}: the target is missing (every row needs one)", header[target_at]),
+                format!(
+                    "line {line}: column {}: the target is missing (every row needs one)",
+                    header[target_at]
+                ),
             ));
         }
         if sel.classification {
@@ -386,7 +431,9 @@ mod tests {
     }
 
     fn err(csv: &str, s: &Selection) -> String {
-        parse(Path::new("data.csv"), csv.as_bytes(), s).unwrap_err().to_string()
+        parse(Path::new("data.csv"), csv.as_bytes(), s)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -420,31 +467,57 @@ mod tests {
     fn bad_data_is_reported_with_line_and_column() {
         let s = sel("y");
         let e = err("f1,f7,y\n1,2,0\n1,abc,1\n", &s);
-        assert_eq!(e, "data.csv line 3: column f7: cannot parse \"abc\" as a number");
+        assert_eq!(
+            e,
+            "data.csv line 3: column f7: cannot parse \"abc\" as a number"
+        );
         assert!(err("", &s).contains("the file is empty"));
         assert!(err("f1,y\n", &s).contains("no data rows"));
         assert!(err("f1,y\n1,0\n2,0\n", &s).contains("single class (\"0\")"));
         let e = err("f1,f2,y\n1,2,0\n1,1\n", &s);
-        assert!(e.contains("line 3: expected 3 fields (as in the header), found 2"), "{e}");
+        assert!(
+            e.contains("line 3: expected 3 fields (as in the header), found 2"),
+            "{e}"
+        );
         let e = err("f1,y\n1,0\n2,\n", &s);
         assert!(e.contains("line 3: column y: the target is missing"), "{e}");
         let e = err("f1,y\n1,0\n", &sel("label"));
-        assert!(e.contains("target column \"label\" is not in data.csv (columns: f1, y)"), "{e}");
+        assert!(
+            e.contains("target column \"label\" is not in data.csv (columns: f1, y)"),
+            "{e}"
+        );
         let e = err("f1,f1,y\n1,2,0\n", &s);
         assert!(e.contains("appears twice"), "{e}");
-        let e = parse(Path::new("data.csv"), b"f1,y\n\xff,0\n", &s).unwrap_err().to_string();
-        assert!(e.contains("line 2: column f1: value is not valid UTF-8"), "{e}");
-        let reg = Selection { classification: false, ..sel("y") };
+        let e = parse(Path::new("data.csv"), b"f1,y\n\xff,0\n", &s)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2: column f1: value is not valid UTF-8"),
+            "{e}"
+        );
+        let reg = Selection {
+            classification: false,
+            ..sel("y")
+        };
         assert!(err("f1,y\n1,high\n", &reg).contains("cannot parse \"high\" as a number"));
         assert!(err("f1,y\n1,inf\n", &reg).contains("cannot parse"));
-        let e = err("f1,y\n1,0\n2,1\n", &Selection { categorical: vec!["zz".into()], ..sel("y") });
+        let e = err(
+            "f1,y\n1,0\n2,1\n",
+            &Selection {
+                categorical: vec!["zz".into()],
+                ..sel("y")
+            },
+        );
         assert!(e.contains("categorical column \"zz\""), "{e}");
     }
 
     #[test]
     fn numeric_labels_sort_numerically_and_selection_applies() {
         let csv = "a,b,y\n1,9,10\n2,8,2\n3,7,10\n";
-        let s = Selection { exclude: vec!["b".into()], ..sel("y") };
+        let s = Selection {
+            exclude: vec!["b".into()],
+            ..sel("y")
+        };
         let d = parse(Path::new("d.csv"), csv.as_bytes(), &s).unwrap();
         assert_eq!(d.names, ["a"]);
         match d.target {
@@ -454,8 +527,13 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let s = Selection { categorical: vec!["a".into()], ..sel("y") };
+        let s = Selection {
+            categorical: vec!["a".into()],
+            ..sel("y")
+        };
         let d = parse(Path::new("d.csv"), csv.as_bytes(), &s).unwrap();
-        assert!(matches!(&d.columns[0], Column::Categorical { vocab, .. } if vocab == &["1", "2", "3"]));
+        assert!(
+            matches!(&d.columns[0], Column::Categorical { vocab, .. } if vocab == &["1", "2", "3"])
+        );
     }
 }

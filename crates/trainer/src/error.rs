@@ -46,7 +46,10 @@ impl TrainError {
             TrainError::Cancelled(_) => Code::Cancelled,
             TrainError::Registry { code, .. } => match code {
                 // Our request was wrong: the caller's fault only for these.
-                Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::AlreadyExists => *code,
+                Code::InvalidArgument
+                | Code::NotFound
+                | Code::FailedPrecondition
+                | Code::AlreadyExists => *code,
                 Code::Unavailable | Code::DeadlineExceeded => Code::Unavailable,
                 _ => Code::Internal,
             },
@@ -65,33 +68,4 @@ impl From<evergreen_model::FitError> for TrainError {
             FitError::Linfa(m) => TrainError::FailedPrecondition(format!("fitting failed: {m}")),
         }
     }
-}
-
-const CODE_NAMES: &[(tonic::Code, &str)] = &[
-    (tonic::Code::Ok, "OK"),
-    (tonic::Code::Cancelled, "CANCELLED"),
-    (tonic::Code::Unknown, "UNKNOWN"),
-    (tonic::Code::InvalidArgument, "INVALID_ARGUMENT"),
-    (tonic::Code::DeadlineExceeded, "DEADLINE_EXCEEDED"),
-    (tonic::Code::NotFound, "NOT_FOUND"),
-    (tonic::Code::AlreadyExists, "ALREADY_EXISTS"),
-    (tonic::Code::PermissionDenied, "PERMISSION_DENIED"),
-    (tonic::Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
-    (tonic::Code::FailedPrecondition, "FAILED_PRECONDITION"),
-    (tonic::Code::Aborted, "ABORTED"),
-    (tonic::Code::OutOfRange, "OUT_OF_RANGE"),
-    (tonic::Code::Unimplemented, "UNIMPLEMENTED"),
-    (tonic::Code::Internal, "INTERNAL"),
-    (tonic::Code::Unavailable, "UNAVAILABLE"),
-    (tonic::Code::DataLoss, "DATA_LOSS"),
-    (tonic::Code::Unauthenticated, "UNAUTHENTICATED"),
-];
-
-/// The canonical name of a gRPC code (`INVALID_ARGUMENT`).
-pub fn code_name(code: tonic::Code) -> &'static str {
-    CODE_NAMES.iter().find(|(c, _)| *c == code).map_or("UNKNOWN", |(_, n)| n)
-}
-
-pub fn code_from_name(name: &str) -> tonic::Code {
-    CODE_NAMES.iter().find(|(_, n)| *n == name).map_or(tonic::Code::Unknown, |(c, _)| *c)
 }

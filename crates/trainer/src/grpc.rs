@@ -16,10 +16,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::error::{code_from_name, TrainError};
+use crate::error::TrainError;
 use crate::jobs::{JobRecord, JobState, Jobs};
 use crate::spec::{Gate, RawRequest};
 use crate::train::{Progress, Stage};
+use evergreen_proto::codes::from_name as code_from_name;
 
 pub fn to_status(e: TrainError) -> Status {
     Status::new(e.code(), e.to_string())
@@ -34,7 +35,8 @@ fn actor(m: &MetadataMap) -> String {
 }
 
 fn gate_from(g: Option<pb::Gate>) -> Option<(String, String, f64)> {
-    g.filter(|g| !g.alias.is_empty()).map(|g| (g.alias, g.metric, g.min_improvement))
+    g.filter(|g| !g.alias.is_empty())
+        .map(|g| (g.alias, g.metric, g.min_improvement))
 }
 
 fn raw_from(r: TrainRequest) -> RawRequest {
@@ -78,7 +80,11 @@ fn request_to_proto(r: &RawRequest) -> TrainRequest {
         seed: r.seed,
         test_fraction: r.test_fraction,
         stratify: r.stratify,
-        search: if r.random_search { SearchStrategy::Random } else { SearchStrategy::Grid } as i32,
+        search: if r.random_search {
+            SearchStrategy::Random
+        } else {
+            SearchStrategy::Grid
+        } as i32,
         n_iter: r.n_iter,
         metric: r.metric.clone(),
         gate: r.gate.as_ref().map(|(alias, metric, m)| pb::Gate {
@@ -195,8 +201,13 @@ impl TrainerGrpc {
                 let job = rx.borrow_and_update().clone();
                 if job.state.is_final() {
                     let end = match job.state {
-                        JobState::Succeeded => Ok(TrainEvent { kind: Some(train_event::Kind::Done(job_to_proto(&job))) }),
-                        _ => Err(Status::new(code_from_name(&job.error_code), format!("{}: {}", job.id, job.error))),
+                        JobState::Succeeded => Ok(TrainEvent {
+                            kind: Some(train_event::Kind::Done(job_to_proto(&job))),
+                        }),
+                        _ => Err(Status::new(
+                            code_from_name(&job.error_code),
+                            format!("{}: {}", job.id, job.error),
+                        )),
                     };
                     let _ = tx.send(end).await;
                     return;
@@ -204,7 +215,9 @@ impl TrainerGrpc {
                 let p = progress(&job.progress, &job);
                 if last.as_ref() != Some(&(p.stage, p.message.clone())) {
                     last = Some((p.stage, p.message.clone()));
-                    let ev = TrainEvent { kind: Some(train_event::Kind::Progress(p)) };
+                    let ev = TrainEvent {
+                        kind: Some(train_event::Kind::Progress(p)),
+                    };
                     if tx.send(Ok(ev)).await.is_err() {
                         break;
                     }
@@ -233,15 +246,24 @@ impl TrainerApi for TrainerGrpc {
     type TrainStream = EventStream;
     type WatchJobStream = EventStream;
 
-    async fn train(&self, req: Request<TrainRequest>) -> Result<Response<Self::TrainStream>, Status> {
+    async fn train(
+        &self,
+        req: Request<TrainRequest>,
+    ) -> Result<Response<Self::TrainStream>, Status> {
         let actor = actor(req.metadata());
-        let job = self.jobs.submit(raw_from(req.into_inner()), &actor).map_err(to_status)?;
+        let job = self
+            .jobs
+            .submit(raw_from(req.into_inner()), &actor)
+            .map_err(to_status)?;
         self.follow(&job.id, true).map(Response::new)
     }
 
     async fn submit_job(&self, req: Request<TrainRequest>) -> Result<Response<TrainJob>, Status> {
         let actor = actor(req.metadata());
-        let job = self.jobs.submit(raw_from(req.into_inner()), &actor).map_err(to_status)?;
+        let job = self
+            .jobs
+            .submit(raw_from(req.into_inner()), &actor)
+            .map_err(to_status)?;
         Ok(Response::new(job_to_proto(&job)))
     }
 
@@ -250,26 +272,41 @@ impl TrainerApi for TrainerGrpc {
         Ok(Response::new(job_to_proto(&job)))
     }
 
-    async fn list_jobs(&self, req: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        req: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
         let r = req.into_inner();
         let jobs = self.jobs.list(&r.model, r.limit as usize);
-        Ok(Response::new(ListJobsResponse { jobs: jobs.iter().map(job_to_proto).collect() }))
+        Ok(Response::new(ListJobsResponse {
+            jobs: jobs.iter().map(job_to_proto).collect(),
+        }))
     }
 
-    async fn cancel_job(&self, req: Request<CancelJobRequest>) -> Result<Response<TrainJob>, Status> {
+    async fn cancel_job(
+        &self,
+        req: Request<CancelJobRequest>,
+    ) -> Result<Response<TrainJob>, Status> {
         let r = req.into_inner();
         let job = self.jobs.cancel(&r.id, &r.reason).map_err(to_status)?;
         Ok(Response::new(job_to_proto(&job)))
     }
 
-    async fn watch_job(&self, req: Request<GetJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+    async fn watch_job(
+        &self,
+        req: Request<GetJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
         self.follow(&req.into_inner().id, false).map(Response::new)
     }
 
     async fn retrain(&self, req: Request<RetrainRequest>) -> Result<Response<TrainJob>, Status> {
         let actor = actor(req.metadata());
         let r = req.into_inner();
-        let gate = gate_from(r.gate).map(|(alias, metric, min_improvement)| Gate { alias, metric, min_improvement });
+        let gate = gate_from(r.gate).map(|(alias, metric, min_improvement)| Gate {
+            alias,
+            metric,
+            min_improvement,
+        });
         let job = self
             .jobs
             .retrain(&r.model, &r.alias, &r.dataset_uri, &r.reason, gate, &actor)

@@ -33,7 +33,10 @@ pub enum JobState {
 
 impl JobState {
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
     }
 }
 
@@ -80,7 +83,11 @@ fn now_ms() -> i64 {
 
 impl Jobs {
     /// Opens the job database; jobs interrupted by a stop become FAILED.
-    pub fn open(dir: &Path, registry: Registry, max_concurrent: usize) -> anyhow::Result<Arc<Jobs>> {
+    pub fn open(
+        dir: &Path,
+        registry: Registry,
+        max_concurrent: usize,
+    ) -> anyhow::Result<Arc<Jobs>> {
         std::fs::create_dir_all(dir)?;
         let db = sled::Config::new().path(dir.join("jobs")).open()?;
         let tree = db.open_tree("jobs")?;
@@ -107,7 +114,11 @@ impl Jobs {
 
     fn save(&self, job: &JobRecord) {
         let bytes = serde_json::to_vec(job).expect("job records serialize");
-        if let Err(e) = self.tree.insert(job.id.as_bytes(), bytes).and_then(|_| self.db.flush().map(drop)) {
+        if let Err(e) = self
+            .tree
+            .insert(job.id.as_bytes(), bytes)
+            .and_then(|_| self.db.flush().map(drop))
+        {
             tracing::error!(job = %job.id, error = %e, "cannot persist job record");
         }
     }
@@ -117,7 +128,9 @@ impl Jobs {
             return Ok(live.tx.borrow().clone());
         }
         match self.tree.get(id.as_bytes()) {
-            Ok(Some(v)) => serde_json::from_slice(&v).map_err(|e| TrainError::Internal(e.to_string())),
+            Ok(Some(v)) => {
+                serde_json::from_slice(&v).map_err(|e| TrainError::Internal(e.to_string()))
+            }
             Ok(None) => Err(TrainError::NotFound(format!("job {id:?} not found"))),
             Err(e) => Err(TrainError::Internal(e.to_string())),
         }
@@ -151,7 +164,11 @@ impl Jobs {
         {
             let live = self.live.lock().unwrap();
             if let Some(l) = live.get(id) {
-                *l.cancel_reason.lock().unwrap() = if reason.is_empty() { "cancelled by request".into() } else { reason.to_string() };
+                *l.cancel_reason.lock().unwrap() = if reason.is_empty() {
+                    "cancelled by request".into()
+                } else {
+                    reason.to_string()
+                };
                 l.cancel.store(true, Ordering::Relaxed);
                 return Ok(l.tx.borrow().clone());
             }
@@ -161,6 +178,19 @@ impl Jobs {
             "job {id} already ended ({:?}); only queued or running jobs can be cancelled",
             job.state
         )))
+    }
+
+    /// Cancels every queued or running job (recorded as CANCELLED) and
+    /// waits for them to end.
+    pub async fn shutdown(&self) {
+        let ids: Vec<String> = self.live.lock().unwrap().keys().cloned().collect();
+        for id in &ids {
+            let _ = self.cancel(id, "the trainer is shutting down");
+        }
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        while !self.live.lock().unwrap().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// Validates a request, records the job and starts it.
@@ -181,12 +211,19 @@ impl Jobs {
         gate: Option<Gate>,
         actor: &str,
     ) -> Result<JobRecord, TrainError> {
-        evergreen_proto::names::check_name("model name", model).map_err(TrainError::InvalidArgument)?;
-        let alias = if alias.is_empty() { "production" } else { alias };
+        evergreen_proto::names::check_name("model name", model)
+            .map_err(TrainError::InvalidArgument)?;
+        let alias = if alias.is_empty() {
+            "production"
+        } else {
+            alias
+        };
         let version = match self.registry.version_at(model, alias).await? {
             Some(v) => v.version,
             None => self.registry.latest_version(model).await?.ok_or_else(|| {
-                TrainError::NotFound(format!("model {model:?} has no versions to take a recipe from"))
+                TrainError::NotFound(format!(
+                    "model {model:?} has no versions to take a recipe from"
+                ))
             })?,
         };
         let current = self.registry.load_model(model, version).await?;
@@ -205,11 +242,23 @@ impl Jobs {
         self.submit(raw, actor)
     }
 
-    fn start(self: &Arc<Self>, spec: TrainSpec, raw: RawRequest, recipe_json: String, actor: &str) -> Result<JobRecord, TrainError> {
+    fn start(
+        self: &Arc<Self>,
+        spec: TrainSpec,
+        raw: RawRequest,
+        recipe_json: String,
+        actor: &str,
+    ) -> Result<JobRecord, TrainError> {
         // Cheap checks now, so a typo fails the call rather than the job.
         let header = data::read_header(&spec.dataset)?;
         data::resolve(&spec.dataset, &header, &selection(&spec.recipe))?;
-        let id = format!("job-{:06}", self.db.generate_id().map_err(|e| TrainError::Internal(e.to_string()))? + 1);
+        let id = format!(
+            "job-{:06}",
+            self.db
+                .generate_id()
+                .map_err(|e| TrainError::Internal(e.to_string()))?
+                + 1
+        );
         let job = JobRecord {
             id: id.clone(),
             state: JobState::Queued,
@@ -234,7 +283,11 @@ impl Jobs {
         let cancel_reason = Arc::new(Mutex::new(String::new()));
         self.live.lock().unwrap().insert(
             id.clone(),
-            Live { cancel: cancel.clone(), cancel_reason: cancel_reason.clone(), tx: tx.clone() },
+            Live {
+                cancel: cancel.clone(),
+                cancel_reason: cancel_reason.clone(),
+                tx: tx.clone(),
+            },
         );
         let jobs = self.clone();
         tokio::spawn(async move {
@@ -246,17 +299,25 @@ impl Jobs {
                 Err(TrainError::Cancelled(why)) => {
                     let reason = cancel_reason.lock().unwrap().clone();
                     job.state = JobState::Cancelled;
-                    job.error = if reason.is_empty() { format!("cancelled: {why}") } else { format!("cancelled: {reason}; nothing was registered") };
+                    job.error = if reason.is_empty() {
+                        format!("cancelled: {why}")
+                    } else {
+                        format!("cancelled: {reason}; nothing was registered")
+                    };
                     job.error_code = "CANCELLED".into();
                 }
                 Err(e) => {
                     job.state = JobState::Failed;
                     job.error = e.to_string();
-                    job.error_code = crate::error::code_name(e.code()).into();
+                    job.error_code = evergreen_proto::codes::name(e.code()).into();
                 }
             }
             if job.state == JobState::Succeeded {
-                job.progress = Progress::stage(Stage::Done, 100.0, format!("registered {}/{}", job.model, job.version));
+                job.progress = Progress::stage(
+                    Stage::Done,
+                    100.0,
+                    format!("registered {}/{}", job.model, job.version),
+                );
             }
             tracing::info!(job = %job.id, state = ?job.state, version = job.version, error = %job.error, "training job ended");
             jobs.save(&job);
@@ -266,7 +327,13 @@ impl Jobs {
         Ok(job)
     }
 
-    async fn run(&self, spec: &TrainSpec, recipe_json: String, tx: &watch::Sender<JobRecord>, cancel: Arc<AtomicBool>) -> Result<(), TrainError> {
+    async fn run(
+        &self,
+        spec: &TrainSpec,
+        recipe_json: String,
+        tx: &watch::Sender<JobRecord>,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<(), TrainError> {
         let _permit = tokio::select! {
             p = self.permits.clone().acquire_owned() => p.map_err(|_| TrainError::Internal("trainer shutting down".into()))?,
             _ = wait_flag(&cancel) => return Err(TrainError::Cancelled("while queued".into())),
@@ -275,7 +342,11 @@ impl Jobs {
         tx.send_modify(|j| {
             j.state = JobState::Running;
             j.started = Some(started);
-            j.progress = Progress::stage(Stage::Loading, 1.0, format!("reading {}", spec.dataset.display()));
+            j.progress = Progress::stage(
+                Stage::Loading,
+                1.0,
+                format!("reading {}", spec.dataset.display()),
+            );
         });
         self.save(&tx.borrow());
         let actor = tx.borrow().actor.clone();
@@ -285,30 +356,35 @@ impl Jobs {
             None => None,
             Some(g) => match self.registry.version_at(&spec.model, &g.alias).await? {
                 None => None,
-                Some(v) => Some(Champion { version: v.version, model: self.registry.load_model(&spec.model, v.version).await? }),
+                Some(v) => Some(Champion {
+                    version: v.version,
+                    model: self.registry.load_model(&spec.model, v.version).await?,
+                }),
             },
         };
 
         let spec2 = spec.clone();
         let tx2 = tx.clone();
         let cancel2 = cancel.clone();
-        let outcome = tokio::task::spawn_blocking(move || -> Result<(train::Outcome, std::time::Duration), TrainError> {
-            let data = data::load(&spec2.dataset, &selection(&spec2.recipe))?;
-            let progress = |p: Progress| {
-                tx2.send_modify(|j| j.progress = p);
-            };
-            let inputs = Inputs {
-                recipe: &spec2.recipe,
-                recipe_json,
-                gate: spec2.gate.as_ref(),
-                champion: champion.as_ref(),
-                cancel: &cancel2,
-                progress: &progress,
-            };
-            let t0 = Instant::now();
-            let out = train::train(&data, &inputs)?;
-            Ok((out, t0.elapsed()))
-        })
+        let outcome = tokio::task::spawn_blocking(
+            move || -> Result<(train::Outcome, std::time::Duration), TrainError> {
+                let data = data::load(&spec2.dataset, &selection(&spec2.recipe))?;
+                let progress = |p: Progress| {
+                    tx2.send_modify(|j| j.progress = p);
+                };
+                let inputs = Inputs {
+                    recipe: &spec2.recipe,
+                    recipe_json,
+                    gate: spec2.gate.as_ref(),
+                    champion: champion.as_ref(),
+                    cancel: &cancel2,
+                    progress: &progress,
+                };
+                let t0 = Instant::now();
+                let out = train::train(&data, &inputs)?;
+                Ok((out, t0.elapsed()))
+            },
+        )
         .await
         .map_err(|e| TrainError::Internal(format!("training task failed: {e}")))?;
         let (out, fit_time) = outcome?;
@@ -317,9 +393,13 @@ impl Jobs {
         }
 
         // Register: from here on the job is not cancellable.
-        tx.send_modify(|j| j.progress = Progress::stage(Stage::Registering, 97.0, "registering the version"));
+        tx.send_modify(|j| {
+            j.progress = Progress::stage(Stage::Registering, 97.0, "registering the version")
+        });
         let id = tx.borrow().id.clone();
-        let sha = hex::encode(sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&out.bytes)));
+        let sha = hex::encode(sha2::Digest::finalize(
+            <sha2::Sha256 as sha2::Digest>::new_with_prefix(&out.bytes),
+        ));
         let mut metrics = out.metrics.clone();
         metrics.insert("train_seconds".into(), fit_time.as_secs_f64());
         let r = &spec.recipe;
@@ -334,13 +414,22 @@ impl Jobs {
         let mut tags = spec.tags.clone();
         tags.insert("evergreen.job".into(), id.clone());
         if let Some(c) = &out.confusion {
-            tags.insert("evergreen.confusion_matrix".into(), serde_json::to_string(c).expect("json"));
+            tags.insert(
+                "evergreen.confusion_matrix".into(),
+                serde_json::to_string(c).expect("json"),
+            );
         }
         if out.search.len() > 1 {
-            tags.insert("evergreen.search".into(), serde_json::to_string(&out.search).expect("json"));
+            tags.insert(
+                "evergreen.search".into(),
+                serde_json::to_string(&out.search).expect("json"),
+            );
         }
         if let Some(g) = &out.gate {
-            tags.insert("evergreen.gate".into(), serde_json::to_string(g).expect("json"));
+            tags.insert(
+                "evergreen.gate".into(),
+                serde_json::to_string(g).expect("json"),
+            );
         }
         let version = self
             .registry
@@ -361,7 +450,11 @@ impl Jobs {
                         producer: PRODUCER.to_string(),
                     },
                     description: spec.description.clone(),
-                    reason: if spec.reason.is_empty() { format!("trained by {id}") } else { spec.reason.clone() },
+                    reason: if spec.reason.is_empty() {
+                        format!("trained by {id}")
+                    } else {
+                        spec.reason.clone()
+                    },
                 },
                 &actor,
             )
@@ -371,11 +464,21 @@ impl Jobs {
             let expected = (g.champion_version > 0).then_some(g.champion_version);
             let moved = self
                 .registry
-                .move_alias(&spec.model, &g.alias, version.version, expected, format!("{id}: {}", g.reason), &actor)
+                .move_alias(
+                    &spec.model,
+                    &g.alias,
+                    version.version,
+                    expected,
+                    format!("{id}: {}", g.reason),
+                    &actor,
+                )
                 .await?;
             if !moved {
                 g.promote = false;
-                g.reason = format!("{}; but {}@{} moved meanwhile, so it was left alone", g.reason, spec.model, g.alias);
+                g.reason = format!(
+                    "{}; but {}@{} moved meanwhile, so it was left alone",
+                    g.reason, spec.model, g.alias
+                );
             }
         }
         tx.send_modify(|j| {
@@ -404,4 +507,3 @@ pub fn selection(r: &Recipe) -> Selection {
         categorical: r.categorical.clone(),
     }
 }
-

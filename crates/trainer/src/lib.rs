@@ -44,7 +44,15 @@ pub async fn run(
         .add_service(health)
         .add_service(TrainerGrpc::server(jobs.clone()));
     tracing::info!(addr = %listener.local_addr()?, registry = %config.registry_url, "trainer serving");
-    evergreen_runtime::serve(listener, routes, shutdown).await?;
+    let served = evergreen_runtime::serve(listener, routes, shutdown).await;
+    jobs.shutdown().await;
+    // Job and stream tasks hold the job database; wait for them to let go so
+    // that a restart in the same process can reopen it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::sync::Arc::strong_count(&jobs) > 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(jobs);
     tracing::info!("trainer stopped");
-    Ok(())
+    served
 }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use evergreen_trainer::TrainerConfig;
 use evergreen_runtime::{init_tracing, load_config, shutdown_signal, ConfigSources};
+use evergreen_trainer::TrainerConfig;
 
 #[derive(Parser)]
 #[command(

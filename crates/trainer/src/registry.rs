@@ -83,7 +83,11 @@ impl Registry {
 
     /// The version `model@alias`, or `None` when the model or alias does
     /// not exist.
-    pub async fn version_at(&self, model: &str, alias: &str) -> Result<Option<pb::ModelVersion>, TrainError> {
+    pub async fn version_at(
+        &self,
+        model: &str,
+        alias: &str,
+    ) -> Result<Option<pb::ModelVersion>, TrainError> {
         let req = GetVersionRequest {
             r#ref: Some(VersionRef {
                 model: model.to_string(),
@@ -98,7 +102,14 @@ impl Registry {
     }
 
     pub async fn latest_version(&self, model: &str) -> Result<Option<u64>, TrainError> {
-        match self.client.clone().get_model(GetModelRequest { name: model.to_string() }).await {
+        match self
+            .client
+            .clone()
+            .get_model(GetModelRequest {
+                name: model.to_string(),
+            })
+            .await
+        {
             Ok(m) => Ok(Some(m.into_inner().latest_version).filter(|v| *v > 0)),
             Err(s) if s.code() == Code::NotFound => Ok(None),
             Err(s) => Err(TrainError::from_status(s)),
@@ -125,19 +136,30 @@ impl Registry {
             bytes.extend_from_slice(&chunk.data);
         }
         Model::from_bytes(&bytes).map_err(|e| {
-            TrainError::FailedPrecondition(format!("artifact of {model}/{version} cannot be loaded: {e}"))
+            TrainError::FailedPrecondition(format!(
+                "artifact of {model}/{version} cannot be loaded: {e}"
+            ))
         })
     }
 
     /// Creates the model unless it exists, then registers the version.
-    pub async fn register(&self, v: NewVersion<'_>, actor: &str) -> Result<pb::ModelVersion, TrainError> {
+    pub async fn register(
+        &self,
+        v: NewVersion<'_>,
+        actor: &str,
+    ) -> Result<pb::ModelVersion, TrainError> {
         let create = CreateModelRequest {
             name: v.model.to_string(),
             description: String::new(),
             tags: HashMap::new(),
             reason: "first version registered by the trainer".into(),
         };
-        match self.client.clone().create_model(with_actor(create, actor)).await {
+        match self
+            .client
+            .clone()
+            .create_model(with_actor(create, actor))
+            .await
+        {
             Ok(_) => {}
             Err(s) if s.code() == Code::AlreadyExists => {}
             Err(s) => return Err(TrainError::from_status(s)),
@@ -153,7 +175,9 @@ impl Registry {
             expected_sha256: v.sha256.to_string(),
             reason: v.reason,
         };
-        let mut parts = vec![RegisterVersionRequest { part: Some(Part::Header(header)) }];
+        let mut parts = vec![RegisterVersionRequest {
+            part: Some(Part::Header(header)),
+        }];
         parts.extend(v.artifact.chunks(CHUNK).map(|c| RegisterVersionRequest {
             part: Some(Part::Chunk(c.to_vec())),
         }));

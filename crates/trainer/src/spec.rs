@@ -42,7 +42,11 @@ struct ParamDef {
 }
 
 const fn p(name: &'static str, kind: Kind, default: &'static str) -> ParamDef {
-    ParamDef { name, kind, default }
+    ParamDef {
+        name,
+        kind,
+        default,
+    }
 }
 
 const TREE: &[ParamDef] = &[
@@ -99,7 +103,10 @@ impl Algorithm {
 
     /// Linear models see standardized numeric features; trees do not need it.
     pub fn standardize(self) -> bool {
-        matches!(self, Algorithm::LogisticRegression | Algorithm::LinearRegression)
+        matches!(
+            self,
+            Algorithm::LogisticRegression | Algorithm::LinearRegression
+        )
     }
 
     fn params(self) -> &'static [ParamDef] {
@@ -129,7 +136,12 @@ fn check_value(alg: Algorithm, def: &ParamDef, v: &str) -> Result<(), TrainError
         ))
     };
     match def.kind {
-        Kind::Count => v.parse::<usize>().ok().filter(|n| *n >= 1).map(drop).ok_or_else(|| bad("an integer >= 1")),
+        Kind::Count => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .map(drop)
+            .ok_or_else(|| bad("an integer >= 1")),
         Kind::Depth => (v == "none" || v.parse::<usize>().is_ok_and(|n| n >= 1))
             .then_some(())
             .ok_or_else(|| bad("an integer >= 1 or none")),
@@ -147,7 +159,9 @@ fn check_value(alg: Algorithm, def: &ParamDef, v: &str) -> Result<(), TrainError
             .filter(|x| x.is_finite() && *x >= 0.0)
             .map(drop)
             .ok_or_else(|| bad("a finite number >= 0")),
-        Kind::Bool => matches!(v, "true" | "false").then_some(()).ok_or_else(|| bad("true or false")),
+        Kind::Bool => matches!(v, "true" | "false")
+            .then_some(())
+            .ok_or_else(|| bad("true or false")),
     }
 }
 
@@ -247,7 +261,11 @@ pub fn dataset_path(uri: &str) -> Result<PathBuf, TrainError> {
 }
 
 fn check_metric(what: &str, metric: &str, classifier: bool) -> Result<(), TrainError> {
-    let known = if classifier { CLASSIFICATION_METRICS } else { REGRESSION_METRICS };
+    let known = if classifier {
+        CLASSIFICATION_METRICS
+    } else {
+        REGRESSION_METRICS
+    };
     if known.contains(&metric) {
         Ok(())
     } else {
@@ -260,14 +278,19 @@ fn check_metric(what: &str, metric: &str, classifier: bool) -> Result<(), TrainE
 
 impl RawRequest {
     pub fn validate(self) -> Result<TrainSpec, TrainError> {
-        evergreen_proto::names::check_name("model name", &self.model).map_err(TrainError::InvalidArgument)?;
+        evergreen_proto::names::check_name("model name", &self.model)
+            .map_err(TrainError::InvalidArgument)?;
         let dataset = dataset_path(&self.dataset_uri)?;
         if self.target.is_empty() {
             return Err(TrainError::InvalidArgument(
                 "target is empty: expected the name of the column to predict".into(),
             ));
         }
-        let algorithm = Algorithm::parse(if self.algorithm.is_empty() { "random_forest" } else { &self.algorithm })?;
+        let algorithm = Algorithm::parse(if self.algorithm.is_empty() {
+            "random_forest"
+        } else {
+            &self.algorithm
+        })?;
         let defs = algorithm.params();
         let mut params = BTreeMap::new();
         for (raw_key, raw) in &self.params {
@@ -281,7 +304,11 @@ impl RawRequest {
                 TrainError::InvalidArgument(format!(
                     "unknown param {raw_key:?} for {}: expected one of {}",
                     algorithm.name(),
-                    if names.is_empty() { "(none)".to_string() } else { names.join(", ") }
+                    if names.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        names.join(", ")
+                    }
                 ))
             })?;
             let mut values: Vec<String> = raw.split(',').map(|v| v.trim().to_string()).collect();
@@ -304,16 +331,30 @@ impl RawRequest {
             params.insert(key.to_string(), values);
         }
         let classifier = algorithm.is_classifier();
-        let metric = if self.metric.is_empty() { algorithm.default_metric().to_string() } else { self.metric };
+        let metric = if self.metric.is_empty() {
+            algorithm.default_metric().to_string()
+        } else {
+            self.metric
+        };
         check_metric("metric", &metric, classifier)?;
-        let test_fraction = if self.test_fraction == 0.0 { 0.3 } else { self.test_fraction };
+        let test_fraction = if self.test_fraction == 0.0 {
+            0.3
+        } else {
+            self.test_fraction
+        };
         if !(test_fraction > 0.0 && test_fraction < 1.0) {
             return Err(TrainError::InvalidArgument(format!(
                 "test_fraction {test_fraction}: expected a number between 0 and 1 (exclusive)"
             )));
         }
         let search = if self.random_search {
-            Search::Random { n_iter: if self.n_iter == 0 { 10 } else { self.n_iter as usize } }
+            Search::Random {
+                n_iter: if self.n_iter == 0 {
+                    10
+                } else {
+                    self.n_iter as usize
+                },
+            }
         } else {
             Search::Grid
         };
@@ -337,7 +378,11 @@ impl RawRequest {
                     .parse()
                     .map_err(|e| TrainError::InvalidArgument(format!("impute: {e}")))?
             },
-            profile_bins: if self.profile_bins == 0 { evergreen_model::profile::DEFAULT_BINS } else { self.profile_bins as usize },
+            profile_bins: if self.profile_bins == 0 {
+                evergreen_model::profile::DEFAULT_BINS
+            } else {
+                self.profile_bins as usize
+            },
         };
         if recipe.stratify && !classifier {
             return Err(TrainError::InvalidArgument(
@@ -368,15 +413,24 @@ impl RawRequest {
         let gate = match self.gate {
             None => None,
             Some((alias, metric, min_improvement)) => {
-                evergreen_proto::names::check_name("gate alias", &alias).map_err(TrainError::InvalidArgument)?;
-                let metric = if metric.is_empty() { algorithm.default_metric().to_string() } else { metric };
+                evergreen_proto::names::check_name("gate alias", &alias)
+                    .map_err(TrainError::InvalidArgument)?;
+                let metric = if metric.is_empty() {
+                    algorithm.default_metric().to_string()
+                } else {
+                    metric
+                };
                 check_metric("gate metric", &metric, classifier)?;
                 if !(min_improvement.is_finite() && min_improvement >= 0.0) {
                     return Err(TrainError::InvalidArgument(format!(
                         "gate min_improvement {min_improvement}: expected a finite number >= 0"
                     )));
                 }
-                Some(Gate { alias, metric, min_improvement })
+                Some(Gate {
+                    alias,
+                    metric,
+                    min_improvement,
+                })
             }
         };
         Ok(TrainSpec {
@@ -394,7 +448,10 @@ impl RawRequest {
 
 impl Recipe {
     fn space_size(&self) -> usize {
-        self.params.values().map(Vec::len).fold(1usize, |a, b| a.saturating_mul(b))
+        self.params
+            .values()
+            .map(Vec::len)
+            .fold(1usize, |a, b| a.saturating_mul(b))
     }
 
     /// Every candidate parameter set (complete, defaults filled in), in a
@@ -432,7 +489,11 @@ impl Recipe {
         RawRequest {
             target: self.target.clone(),
             algorithm: self.algorithm.name().to_string(),
-            params: self.params.iter().map(|(k, v)| (k.clone(), v.join(","))).collect(),
+            params: self
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.join(",")))
+                .collect(),
             features: self.features.clone(),
             exclude: self.exclude.clone(),
             categorical: self.categorical.clone(),
@@ -503,7 +564,11 @@ mod tests {
         r.random_search = true;
         let s = r.validate().unwrap();
         assert_eq!(s.recipe.params["alpha"], vec!["2".to_string()]);
-        let again = RawRequest { model: "m".into(), dataset_uri: "/d.csv".into(), ..s.recipe.to_raw() };
+        let again = RawRequest {
+            model: "m".into(),
+            dataset_uri: "/d.csv".into(),
+            ..s.recipe.to_raw()
+        };
         assert_eq!(again.validate().unwrap().recipe, s.recipe);
     }
 
@@ -527,10 +592,14 @@ mod tests {
         assert!(err(r).contains("unknown algorithm \"svm\": expected one of decision_tree"));
         let mut r = raw();
         r.params.insert("max_depth".into(), "abc".into());
-        assert!(err(r).contains("param max_depth of random_forest: expected an integer >= 1 or none, got \"abc\""));
+        assert!(err(r).contains(
+            "param max_depth of random_forest: expected an integer >= 1 or none, got \"abc\""
+        ));
         let mut r = raw();
         r.params.insert("depth".into(), "3".into());
-        assert!(err(r).contains("unknown param \"depth\" for random_forest: expected one of n_trees"));
+        assert!(
+            err(r).contains("unknown param \"depth\" for random_forest: expected one of n_trees")
+        );
         let mut r = raw();
         r.algorithm = "linear_regression".into();
         r.metric = "accuracy".into();

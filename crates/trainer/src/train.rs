@@ -116,7 +116,12 @@ fn cancelled(c: &AtomicBool) -> Result<(), TrainError> {
 }
 
 /// Seeded train/test split (stratified: each class split in proportion).
-pub fn split(n: usize, classes: Option<&[usize]>, test_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+pub fn split(
+    n: usize,
+    classes: Option<&[usize]>,
+    test_fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
     let mut train = Vec::new();
     let mut test = Vec::new();
     let mut take = |mut group: Vec<usize>, stream: u64| {
@@ -172,7 +177,12 @@ pub fn folds(rows: &[usize], classes: Option<&[usize]>, k: usize, seed: u64) -> 
 }
 
 /// Preprocessed matrix of `rows`.
-fn matrix(pipeline: &Pipeline, schema_features: &[evergreen_model::Feature], cols: &[Column], rows: &[usize]) -> Array2<f64> {
+fn matrix(
+    pipeline: &Pipeline,
+    schema_features: &[evergreen_model::Feature],
+    cols: &[Column],
+    rows: &[usize],
+) -> Array2<f64> {
     let mut x = Array2::zeros((rows.len(), pipeline.width));
     let mut raw: Vec<Value> = Vec::with_capacity(cols.len());
     for (k, &r) in rows.iter().enumerate() {
@@ -215,11 +225,17 @@ fn fit_estimator(
     seed: u64,
     control: Control,
 ) -> Result<Estimator, TrainError> {
-    let classes = |labels: &[String], y: &[usize]| -> (Vec<usize>, usize) { (rows.iter().map(|&r| y[r]).collect(), labels.len()) };
+    let classes = |labels: &[String], y: &[usize]| -> (Vec<usize>, usize) {
+        (rows.iter().map(|&r| y[r]).collect(), labels.len())
+    };
     Ok(match (alg, target) {
         (Algorithm::DecisionTree, TargetColumn::Classes { y, labels }) => {
             let (y, k) = classes(labels, y);
-            let params = ForestParams { n_trees: 1, bootstrap: false, tree: tree_params(p, seed) };
+            let params = ForestParams {
+                n_trees: 1,
+                bootstrap: false,
+                tree: tree_params(p, seed),
+            };
             let mut forest = fit_forest(x.view(), &y, k, &params, control)?;
             Estimator::Tree(forest.trees.pop().expect("one tree"))
         }
@@ -234,14 +250,21 @@ fn fit_estimator(
         }
         (Algorithm::LogisticRegression, TargetColumn::Classes { y, labels }) => {
             let (y, k) = classes(labels, y);
-            let params = LogisticParams { alpha: get(p, "alpha"), max_iterations: get(p, "max_iterations") };
+            let params = LogisticParams {
+                alpha: get(p, "alpha"),
+                max_iterations: get(p, "max_iterations"),
+            };
             Estimator::Linear(fit_logistic(x.view(), &y, k, &params)?)
         }
         (Algorithm::LinearRegression, TargetColumn::Values(v)) => {
             let y: Vec<f64> = rows.iter().map(|&r| v[r]).collect();
             Estimator::Linear(fit_linear(x.view(), &y)?)
         }
-        _ => return Err(TrainError::Internal("target kind does not match the algorithm".into())),
+        _ => {
+            return Err(TrainError::Internal(
+                "target kind does not match the algorithm".into(),
+            ))
+        }
     })
 }
 
@@ -272,7 +295,8 @@ fn metrics_of(target: &TargetColumn, rows: &[usize], out: &[f64]) -> Metrics {
 
 fn score(m: &Metrics, metric: &str) -> f64 {
     // roc_auc can be undefined on a fold with one class: count it as chance.
-    m.get(metric).unwrap_or(if metric == "roc_auc" { 0.5 } else { f64::NAN })
+    m.get(metric)
+        .unwrap_or(if metric == "roc_auc" { 0.5 } else { f64::NAN })
 }
 
 /// Trains per the recipe and builds the artifact.
@@ -285,11 +309,21 @@ pub fn train(data: &Dataset, inputs: &Inputs) -> Result<Outcome, TrainError> {
         TargetColumn::Values(_) => None,
     };
     if n < 4 {
-        return Err(TrainError::Data(format!("the dataset has {n} rows; expected at least 4 (train and test splits)")));
+        return Err(TrainError::Data(format!(
+            "the dataset has {n} rows; expected at least 4 (train and test splits)"
+        )));
     }
-    let (train_rows, test_rows) = split(n, class_ids.filter(|_| recipe.stratify), recipe.test_fraction, recipe.seed);
+    let (train_rows, test_rows) = split(
+        n,
+        class_ids.filter(|_| recipe.stratify),
+        recipe.test_fraction,
+        recipe.seed,
+    );
     if test_rows.is_empty() || train_rows.len() < 2 {
-        return Err(TrainError::Data(format!("a {} test fraction of {n} rows leaves an empty split", recipe.test_fraction)));
+        return Err(TrainError::Data(format!(
+            "a {} test fraction of {n} rows leaves an empty split",
+            recipe.test_fraction
+        )));
     }
     let alg = recipe.algorithm;
     let n_out = match &data.target {
@@ -308,16 +342,33 @@ pub fn train(data: &Dataset, inputs: &Inputs) -> Result<Outcome, TrainError> {
                 train_rows.len()
             )));
         }
-        let fold_sets = folds(&train_rows, class_ids.filter(|_| recipe.stratify), k, recipe.seed);
+        let fold_sets = folds(
+            &train_rows,
+            class_ids.filter(|_| recipe.stratify),
+            k,
+            recipe.seed,
+        );
         let total = candidates.len() * k;
         let done = AtomicUsize::new(0);
         report(Progress {
             candidates: candidates.len() as u32,
             folds: k as u32,
-            ..Progress::stage(Stage::Searching, 5.0, format!("cross-validating {} candidate(s) × {k} folds", candidates.len()))
+            ..Progress::stage(
+                Stage::Searching,
+                5.0,
+                format!(
+                    "cross-validating {} candidate(s) × {k} folds",
+                    candidates.len()
+                ),
+            )
         });
-        let tasks: Vec<(usize, usize)> = (0..candidates.len()).flat_map(|c| (0..k).map(move |f| (c, f))).collect();
-        let control = Control { cancel: Some(inputs.cancel), progress: None };
+        let tasks: Vec<(usize, usize)> = (0..candidates.len())
+            .flat_map(|c| (0..k).map(move |f| (c, f)))
+            .collect();
+        let control = Control {
+            cancel: Some(inputs.cancel),
+            progress: None,
+        };
         let scores: Vec<f64> = tasks
             .par_iter()
             .map(|&(c, f)| -> Result<f64, TrainError> {
@@ -329,18 +380,44 @@ pub fn train(data: &Dataset, inputs: &Inputs) -> Result<Outcome, TrainError> {
                     .filter(|(i, _)| *i != f)
                     .flat_map(|(_, s)| s.iter().copied())
                     .collect();
-                let (pipe, feats) = Pipeline::fit(&data.names, &data.columns, &fit_rows, recipe.impute, alg.standardize());
+                let (pipe, feats) = Pipeline::fit(
+                    &data.names,
+                    &data.columns,
+                    &fit_rows,
+                    recipe.impute,
+                    alg.standardize(),
+                );
                 let x = matrix(&pipe, &feats, &data.columns, &fit_rows);
-                let est = fit_estimator(alg, &candidates[c], &x, &data.target, &fit_rows, recipe.seed, control)?;
+                let est = fit_estimator(
+                    alg,
+                    &candidates[c],
+                    &x,
+                    &data.target,
+                    &fit_rows,
+                    recipe.seed,
+                    control,
+                )?;
                 let xv = matrix(&pipe, &feats, &data.columns, val);
-                let s = score(&metrics_of(&data.target, val, &outputs(&est, &xv, n_out)), &recipe.metric);
+                let s = score(
+                    &metrics_of(&data.target, val, &outputs(&est, &xv, n_out)),
+                    &recipe.metric,
+                );
                 let d = done.fetch_add(1, Ordering::Relaxed) + 1;
                 report(Progress {
                     candidate: (c + 1) as u32,
                     candidates: candidates.len() as u32,
                     fold: (f + 1) as u32,
                     folds: k as u32,
-                    ..Progress::stage(Stage::Searching, 5.0 + 55.0 * d as f64 / total as f64, format!("candidate {} of {}, fold {} of {k}", c + 1, candidates.len(), f + 1))
+                    ..Progress::stage(
+                        Stage::Searching,
+                        5.0 + 55.0 * d as f64 / total as f64,
+                        format!(
+                            "candidate {} of {}, fold {} of {k}",
+                            c + 1,
+                            candidates.len(),
+                            f + 1
+                        ),
+                    )
                 });
                 Ok(s)
             })
@@ -348,13 +425,21 @@ pub fn train(data: &Dataset, inputs: &Inputs) -> Result<Outcome, TrainError> {
         for (c, params) in candidates.iter().enumerate() {
             let folds = scores[c * k..(c + 1) * k].to_vec();
             let mean = folds.iter().sum::<f64>() / k as f64;
-            search.push(CandidateScore { params: params.clone(), mean, folds });
+            search.push(CandidateScore {
+                params: params.clone(),
+                mean,
+                folds,
+            });
         }
         // Best mean; the first one wins ties (deterministic).
         let hib = recipe.higher_is_better();
         let mut best = 0;
         for (i, s) in search.iter().enumerate() {
-            let better = if hib { s.mean > search[best].mean } else { s.mean < search[best].mean };
+            let better = if hib {
+                s.mean > search[best].mean
+            } else {
+                s.mean < search[best].mean
+            };
             if better || search[best].mean.is_nan() {
                 best = i;
             }
@@ -367,34 +452,76 @@ pub fn train(data: &Dataset, inputs: &Inputs) -> Result<Outcome, TrainError> {
 
     // ---- final fit on the whole training split ----
     cancelled(inputs.cancel)?;
-    report(Progress::stage(Stage::Fitting, 60.0, format!("fitting {} on {} rows", alg.name(), train_rows.len())));
-    let (pipeline, features) = Pipeline::fit(&data.names, &data.columns, &train_rows, recipe.impute, alg.standardize());
+    report(Progress::stage(
+        Stage::Fitting,
+        60.0,
+        format!("fitting {} on {} rows", alg.name(), train_rows.len()),
+    ));
+    let (pipeline, features) = Pipeline::fit(
+        &data.names,
+        &data.columns,
+        &train_rows,
+        recipe.impute,
+        alg.standardize(),
+    );
     let x = matrix(&pipeline, &features, &data.columns, &train_rows);
     let tick = |d: usize, t: usize| {
         if d == t || d % (t / 20).max(1) == 0 {
-            report(Progress::stage(Stage::Fitting, 60.0 + 30.0 * d as f64 / t as f64, format!("tree {d} of {t}")));
+            report(Progress::stage(
+                Stage::Fitting,
+                60.0 + 30.0 * d as f64 / t as f64,
+                format!("tree {d} of {t}"),
+            ));
         }
     };
-    let control = Control { cancel: Some(inputs.cancel), progress: Some(&tick) };
-    let estimator = fit_estimator(alg, &params, &x, &data.target, &train_rows, recipe.seed, control)?;
+    let control = Control {
+        cancel: Some(inputs.cancel),
+        progress: Some(&tick),
+    };
+    let estimator = fit_estimator(
+        alg,
+        &params,
+        &x,
+        &data.target,
+        &train_rows,
+        recipe.seed,
+        control,
+    )?;
     drop(x);
 
     // ---- holdout evaluation through the serving path ----
     cancelled(inputs.cancel)?;
-    report(Progress::stage(Stage::Evaluating, 90.0, format!("evaluating on {} held-out rows", test_rows.len())));
+    report(Progress::stage(
+        Stage::Evaluating,
+        90.0,
+        format!("evaluating on {} held-out rows", test_rows.len()),
+    ));
     let task = match &data.target {
-        TargetColumn::Classes { labels, .. } => Task::Classification { labels: labels.clone() },
+        TargetColumn::Classes { labels, .. } => Task::Classification {
+            labels: labels.clone(),
+        },
         TargetColumn::Values(_) => Task::Regression,
     };
     let schema = Schema {
         features,
-        target: Target { name: data.target_name.clone(), task },
+        target: Target {
+            name: data.target_name.clone(),
+            task,
+        },
     };
     let mut model = Model {
         schema,
         pipeline,
         estimator,
-        profile: Profile { rows: 0, features: Vec::new(), predictions: PredictionProfile::Classification { rows: 0, class_counts: vec![], probability_counts: vec![] } },
+        profile: Profile {
+            rows: 0,
+            features: Vec::new(),
+            predictions: PredictionProfile::Classification {
+                rows: 0,
+                class_counts: vec![],
+                probability_counts: vec![],
+            },
+        },
         training: TrainingInfo::default(),
     };
     let test_out = predict_rows(&model, data, &test_rows)?;
@@ -409,16 +536,31 @@ pub fn train(data: &Dataset, inputs: &Inputs) -> Result<Outcome, TrainError> {
             .map(|c| FeatureProfile::of_column(c, &train_rows, recipe.profile_bins))
             .collect(),
         predictions: match &data.target {
-            TargetColumn::Classes { labels, .. } => PredictionProfile::classification(&test_out, labels.len()),
-            TargetColumn::Values(_) => PredictionProfile::Regression(NumericProfile::from_values(test_out.iter().copied(), recipe.profile_bins)),
+            TargetColumn::Classes { labels, .. } => {
+                PredictionProfile::classification(&test_out, labels.len())
+            }
+            TargetColumn::Values(_) => PredictionProfile::Regression(NumericProfile::from_values(
+                test_out.iter().copied(),
+                recipe.profile_bins,
+            )),
         },
     };
 
-    let mut metrics_map: BTreeMap<String, f64> = holdout.entries().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let mut metrics_map: BTreeMap<String, f64> = holdout
+        .entries()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     if let Some(best) = search.get(best) {
         let m = &recipe.metric;
         let mean = best.mean;
-        let std = (best.folds.iter().map(|s| (s - mean) * (s - mean)).sum::<f64>() / best.folds.len() as f64).sqrt();
+        let std = (best
+            .folds
+            .iter()
+            .map(|s| (s - mean) * (s - mean))
+            .sum::<f64>()
+            / best.folds.len() as f64)
+            .sqrt();
         metrics_map.insert(format!("cv_{m}_mean"), mean);
         metrics_map.insert(format!("cv_{m}_std"), std);
         for (i, s) in best.folds.iter().enumerate() {
@@ -433,7 +575,11 @@ pub fn train(data: &Dataset, inputs: &Inputs) -> Result<Outcome, TrainError> {
     let gate = match inputs.gate {
         None => None,
         Some(g) => {
-            report(Progress::stage(Stage::Comparing, 95.0, format!("comparing with the current {}", g.alias)));
+            report(Progress::stage(
+                Stage::Comparing,
+                95.0,
+                format!("comparing with the current {}", g.alias),
+            ));
             Some(compare(g, &holdout, inputs.champion, data, &test_rows))
         }
     };
@@ -455,7 +601,15 @@ pub fn train(data: &Dataset, inputs: &Inputs) -> Result<Outcome, TrainError> {
         Metrics::Classification(c) => Some(c.confusion.clone()),
         Metrics::Regression(_) => None,
     };
-    Ok(Outcome { model, bytes, params, metrics: metrics_map, search, confusion, gate })
+    Ok(Outcome {
+        model,
+        bytes,
+        params,
+        metrics: metrics_map,
+        search,
+        confusion,
+        gate,
+    })
 }
 
 /// Scores rows of `data` with any model, matching its features by name —
@@ -467,17 +621,32 @@ pub fn predict_rows(model: &Model, data: &Dataset, rows: &[usize]) -> Result<Vec
         .features
         .iter()
         .map(|f| {
-            data.names.iter().position(|n| *n == f.name).map(|i| &data.columns[i]).ok_or_else(|| {
-                TrainError::FailedPrecondition(format!("the data has no column {:?}, which the model needs", f.name))
-            })
+            data.names
+                .iter()
+                .position(|n| *n == f.name)
+                .map(|i| &data.columns[i])
+                .ok_or_else(|| {
+                    TrainError::FailedPrecondition(format!(
+                        "the data has no column {:?}, which the model needs",
+                        f.name
+                    ))
+                })
         })
         .collect::<Result<_, _>>()?;
     let (n_out, map): (usize, Vec<Option<usize>>) = match (&data.target, model.schema.labels()) {
-        (TargetColumn::Classes { labels, .. }, Some(theirs)) => {
-            (labels.len(), theirs.iter().map(|l| labels.iter().position(|x| x == l)).collect())
-        }
+        (TargetColumn::Classes { labels, .. }, Some(theirs)) => (
+            labels.len(),
+            theirs
+                .iter()
+                .map(|l| labels.iter().position(|x| x == l))
+                .collect(),
+        ),
         (TargetColumn::Values(_), None) => (1, vec![Some(0)]),
-        _ => return Err(TrainError::FailedPrecondition("the model's task (classification/regression) differs".into())),
+        _ => {
+            return Err(TrainError::FailedPrecondition(
+                "the model's task (classification/regression) differs".into(),
+            ))
+        }
     };
     let mut out = vec![0.0; rows.len() * n_out];
     out.par_chunks_mut(n_out)
@@ -487,7 +656,10 @@ pub fn predict_rows(model: &Model, data: &Dataset, rows: &[usize]) -> Result<Vec
             |(scratch, raw), (o, &r)| -> Result<(), TrainError> {
                 raw.clear();
                 raw.extend(cols.iter().map(|c| c.value(r)));
-                match model.predict(raw, scratch).map_err(|e| TrainError::FailedPrecondition(e.to_string()))? {
+                match model
+                    .predict(raw, scratch)
+                    .map_err(|e| TrainError::FailedPrecondition(e.to_string()))?
+                {
                     Prediction::Class { probabilities, .. } => {
                         for (p, m) in probabilities.iter().zip(&map) {
                             if let Some(i) = m {
@@ -503,7 +675,13 @@ pub fn predict_rows(model: &Model, data: &Dataset, rows: &[usize]) -> Result<Vec
     Ok(out)
 }
 
-fn compare(g: &Gate, holdout: &Metrics, champion: Option<&Champion>, data: &Dataset, test_rows: &[usize]) -> GateOutcome {
+fn compare(
+    g: &Gate,
+    holdout: &Metrics,
+    champion: Option<&Champion>,
+    data: &Dataset,
+    test_rows: &[usize],
+) -> GateOutcome {
     let challenger = score(holdout, &g.metric);
     let mut out = GateOutcome {
         alias: g.alias.clone(),
@@ -522,11 +700,20 @@ fn compare(g: &Gate, holdout: &Metrics, champion: Option<&Champion>, data: &Data
     };
     out.champion_version = ch.version;
     match predict_rows(&ch.model, data, test_rows) {
-        Err(e) => out.reason = format!("champion version {} cannot score this data ({e}); not promoted", ch.version),
+        Err(e) => {
+            out.reason = format!(
+                "champion version {} cannot score this data ({e}); not promoted",
+                ch.version
+            )
+        }
         Ok(o) => {
             let c = score(&metrics_of(&data.target, test_rows, &o), &g.metric);
             out.champion_score = Some(c);
-            let gain = if metrics::higher_is_better(&g.metric) { challenger - c } else { c - challenger };
+            let gain = if metrics::higher_is_better(&g.metric) {
+                challenger - c
+            } else {
+                c - challenger
+            };
             out.promote = gain >= g.min_improvement && gain.is_finite();
             out.reason = format!(
                 "{} {:.4} vs champion v{} {:.4} (improvement {:+.4}, required {:.4}): {}",
@@ -536,7 +723,11 @@ fn compare(g: &Gate, holdout: &Metrics, champion: Option<&Champion>, data: &Data
                 c,
                 gain,
                 g.min_improvement,
-                if out.promote { "promoted" } else { "not promoted" }
+                if out.promote {
+                    "promoted"
+                } else {
+                    "not promoted"
+                }
             );
         }
     }

@@ -1,0 +1,574 @@
+//! The trainer daemon through real gRPC: CSV → trained, evaluated,
+//! profiled, registered version; gates, retraining, jobs, bad data.
+
+use std::path::Path;
+
+use evergreen_e2e::{req, shared_data, Sandbox};
+use evergreen_model::profile::{FeatureProfile, PredictionProfile};
+use evergreen_model::Model;
+use evergreen_proto::v1::trainer_client::TrainerClient;
+use evergreen_proto::v1::{
+    train_event, CancelJobRequest, DownloadArtifactRequest, FeatureType, Gate, GetJobRequest,
+    GetVersionRequest, JobState, ListJobsRequest, ListModelsRequest, RetrainRequest, Stage,
+    TrainJob, TrainRequest,
+};
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+fn bc_request(model: &str) -> TrainRequest {
+    TrainRequest {
+        model: model.into(),
+        dataset_uri: shared_data("breast_cancer.csv").display().to_string(),
+        target: "target".into(),
+        algorithm: "random_forest".into(),
+        seed: 42,
+        ..Default::default()
+    }
+}
+
+/// Runs `Train`; returns the progress stages seen and the finished job, or
+/// the status the call or the stream ended with.
+async fn train(
+    t: &mut TrainerClient<Channel>,
+    r: TrainRequest,
+) -> Result<(Vec<Stage>, TrainJob), Status> {
+    let mut stream = t.train(r).await?.into_inner();
+    let mut stages = Vec::new();
+    while let Some(ev) = stream.message().await? {
+        match ev.kind {
+            Some(train_event::Kind::Progress(p)) => {
+                let s = Stage::try_from(p.stage).unwrap();
+                if stages.last() != Some(&s) {
+                    stages.push(s);
+                }
+            }
+            Some(train_event::Kind::Done(job)) => return Ok((stages, job)),
+            None => panic!("empty event"),
+        }
+    }
+    panic!("stream ended without a result")
+}
+
+async fn download(sb: &Sandbox, spec: &str) -> Vec<u8> {
+    let mut c = sb.registry().await;
+    let mut s = c
+        .download_artifact(DownloadArtifactRequest {
+            r#ref: req::spec(spec),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = s.message().await.unwrap() {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    bytes
+}
+
+async fn wait_job(t: &mut TrainerClient<Channel>, id: &str) -> TrainJob {
+    let mut s = t
+        .watch_job(GetJobRequest { id: id.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        match s.message().await {
+            Ok(Some(ev)) => {
+                if let Some(train_event::Kind::Done(j)) = ev.kind {
+                    return j;
+                }
+            }
+            Ok(None) | Err(_) => {
+                return t
+                    .get_job(GetJobRequest { id: id.into() })
+                    .await
+                    .unwrap()
+                    .into_inner()
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn trains_breast_cancer_and_registers_version_metrics_lineage_and_profile() {
+    let sb = Sandbox::builder().trainer().start().await;
+    let mut t = sb.trainer().await;
+    let mut r = bc_request("cancer");
+    r.gate = Some(Gate {
+        alias: "production".into(),
+        ..Default::default()
+    });
+    let (stages, job) = train(&mut t, r).await.unwrap();
+    assert_eq!(
+        stages,
+        [
+            Stage::Loading,
+            Stage::Fitting,
+            Stage::Evaluating,
+            Stage::Comparing,
+            Stage::Registering
+        ],
+        "progress is streamed stage by stage"
+    );
+    assert_eq!((job.state, job.version), (JobState::Succeeded as i32, 1));
+    let acc = job.metrics["accuracy"];
+    assert!(
+        acc >= 0.94,
+        "random forest on breast_cancer, 70/30, seed 42: accuracy {acc}"
+    );
+    let gate = job.gate.clone().unwrap();
+    assert!(gate.promoted, "first version is promoted: {}", gate.reason);
+
+    // The registry has the version with metrics, params, schema and lineage.
+    let mut c = sb.registry().await;
+    let v = c
+        .get_version(GetVersionRequest {
+            r#ref: req::spec("cancer@production"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.version, 1);
+    assert_eq!(v.metrics["accuracy"], acc);
+    for m in [
+        "f1_macro",
+        "f1_weighted",
+        "precision_macro",
+        "recall_weighted",
+        "roc_auc",
+        "log_loss",
+        "train_seconds",
+    ] {
+        assert!(
+            v.metrics.contains_key(m),
+            "metric {m} missing: {:?}",
+            v.metrics.keys()
+        );
+    }
+    assert_eq!(v.params["algorithm"], "random_forest");
+    assert_eq!(v.params["n_trees"], "100");
+    assert_eq!(v.params["max_features"], "sqrt");
+    let confusion: Vec<Vec<u64>> =
+        serde_json::from_str(&v.tags["evergreen.confusion_matrix"]).unwrap();
+    assert_eq!(
+        confusion.iter().flatten().sum::<u64>(),
+        171,
+        "the 30% holdout"
+    );
+    let schema = v.schema.unwrap();
+    assert_eq!(schema.features.len(), 30);
+    assert!(schema
+        .features
+        .iter()
+        .all(|f| f.r#type == FeatureType::Numeric as i32));
+    assert_eq!(schema.target.unwrap().categories, ["0", "1"]);
+    let lineage = v.lineage.unwrap();
+    let file = std::fs::read(shared_data("breast_cancer.csv")).unwrap();
+    assert_eq!(lineage.dataset_sha256, hex::encode(Sha256::digest(&file)));
+    assert_eq!(lineage.run_id, job.id);
+    assert!(lineage.producer.starts_with("evergreen-trainer "));
+
+    // The artifact loads, carries the reference profile, and predicts.
+    let bytes = download(&sb, "cancer/1").await;
+    assert_eq!(hex::encode(Sha256::digest(&bytes)), job.artifact_sha256);
+    let model = Model::from_bytes(&bytes).unwrap();
+    assert_eq!(model.profile.rows, 398);
+    assert_eq!(model.profile.features.len(), 30);
+    for f in &model.profile.features {
+        let FeatureProfile::Numeric(p) = f else {
+            panic!("numeric expected")
+        };
+        assert_eq!(p.counts.iter().sum::<u64>(), 398);
+        assert!(
+            p.edges.len() > 50 && p.edges.len() <= 101,
+            "quantile bins: {}",
+            p.edges.len()
+        );
+        assert!(p.std > 0.0 && p.min <= p.mean && p.mean <= p.max);
+    }
+    let PredictionProfile::Classification {
+        rows, class_counts, ..
+    } = &model.profile.predictions
+    else {
+        panic!("classification profile expected")
+    };
+    assert_eq!((*rows, class_counts.iter().sum::<u64>()), (171, 171));
+    assert_eq!(model.training.dataset_sha256, lineage.dataset_sha256);
+    assert!(model.training.recipe.contains("random_forest"));
+}
+
+#[tokio::test]
+async fn the_same_request_produces_a_byte_identical_artifact() {
+    let sb = Sandbox::builder().trainer().start().await;
+    let mut t = sb.trainer().await;
+    let mut r = bc_request("repro");
+    r.params.insert("n_trees".into(), "25".into());
+    r.params.insert("max_depth".into(), "4,8".into()); // a search with CV, too
+    let (_, a) = train(&mut t, r.clone()).await.unwrap();
+    let (_, b) = train(&mut t, r.clone()).await.unwrap();
+    assert_eq!((a.version, b.version), (1, 2));
+    assert_eq!(
+        a.artifact_sha256, b.artifact_sha256,
+        "same data + same request = same bytes"
+    );
+    assert_eq!(
+        download(&sb, "repro/1").await,
+        download(&sb, "repro/2").await
+    );
+    assert!(
+        a.metrics.contains_key("cv_accuracy_mean") && a.metrics.contains_key("cv_accuracy_fold5")
+    );
+    r.seed = 7;
+    let (_, c) = train(&mut t, r).await.unwrap();
+    assert_ne!(
+        c.artifact_sha256, a.artifact_sha256,
+        "another seed, another forest"
+    );
+}
+
+#[tokio::test]
+async fn a_worse_challenger_is_registered_but_not_promoted() {
+    let sb = Sandbox::builder().trainer().start().await;
+    let mut t = sb.trainer().await;
+    let gate = Some(Gate {
+        alias: "production".into(),
+        metric: "accuracy".into(),
+        min_improvement: 0.0,
+    });
+    let (_, champion) = train(
+        &mut t,
+        TrainRequest {
+            gate: gate.clone(),
+            ..bc_request("gated")
+        },
+    )
+    .await
+    .unwrap();
+    let mut weak = bc_request("gated");
+    weak.algorithm = "decision_tree".into();
+    weak.params.insert("max_depth".into(), "1".into());
+    weak.gate = gate;
+    let (_, challenger) = train(&mut t, weak).await.unwrap();
+    assert_eq!(challenger.version, 2);
+    let g = challenger.gate.unwrap();
+    assert!(!g.promoted, "{}", g.reason);
+    assert_eq!(g.champion_version, 1);
+    assert_eq!(
+        g.champion_score, champion.metrics["accuracy"],
+        "champion re-scored on the same holdout"
+    );
+    assert!(g.challenger_score < g.champion_score);
+    assert!(g.reason.contains("not promoted"), "{}", g.reason);
+
+    let mut c = sb.registry().await;
+    let prod = c
+        .get_version(GetVersionRequest {
+            r#ref: req::spec("gated@production"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(prod.version, 1, "the alias did not move");
+    let v2 = c
+        .get_version(GetVersionRequest {
+            r#ref: req::spec("gated/2"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v2.lineage.unwrap().parent_version, 1);
+    let recorded: serde_json::Value = serde_json::from_str(&v2.tags["evergreen.gate"]).unwrap();
+    assert_eq!(recorded["promote"], false);
+    assert_eq!(recorded["champion_version"], 1);
+}
+
+#[tokio::test]
+async fn retrain_reuses_the_recipe_of_the_production_version() {
+    let sb = Sandbox::builder().trainer().start().await;
+    let mut t = sb.trainer().await;
+    let mut r = bc_request("recipe");
+    r.algorithm = "decision_tree".into();
+    r.params.insert("max_depth".into(), "3".into());
+    r.params.insert("criterion".into(), "entropy".into());
+    r.gate = Some(Gate {
+        alias: "production".into(),
+        ..Default::default()
+    });
+    train(&mut t, r).await.unwrap();
+
+    let job = t
+        .retrain(RetrainRequest {
+            model: "recipe".into(),
+            reason: "drift on f3".into(),
+            dataset_uri: shared_data("breast_cancer.csv").display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = wait_job(&mut t, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded as i32, "{}", done.error);
+    assert_eq!(done.version, 2);
+    let mut c = sb.registry().await;
+    let v2 = c
+        .get_version(GetVersionRequest {
+            r#ref: req::spec("recipe/2"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v2.params["algorithm"], "decision_tree");
+    assert_eq!(v2.params["max_depth"], "3");
+    assert_eq!(v2.params["criterion"], "entropy");
+    let prod = c
+        .get_version(GetVersionRequest {
+            r#ref: req::spec("recipe@production"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(prod.version, 1, "retrain without a gate only registers");
+    let err = t
+        .retrain(RetrainRequest {
+            model: "nope".into(),
+            dataset_uri: "/x.csv".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+}
+
+/// A CSV in a temp dir with `body`.
+fn csv(dir: &Path, name: &str, body: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p.display().to_string()
+}
+
+#[tokio::test]
+async fn bad_data_and_bad_requests_are_clear_errors_and_register_nothing() {
+    let sb = Sandbox::builder().trainer().start().await;
+    let mut t = sb.trainer().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut good_rows = String::from("f1,f7,target\n");
+    for i in 0..1040 {
+        good_rows.push_str(&format!("{},{},{}\n", i, i * 2, i % 2));
+    }
+    let bad_value = csv(dir.path(), "data.csv", &format!("{good_rows}1,abc,0\n"));
+    let cases: Vec<(&str, TrainRequest, Code, String)> = vec![
+        (
+            "unparsable number",
+            TrainRequest {
+                dataset_uri: bad_value.clone(),
+                ..bc_request("bad")
+            },
+            Code::InvalidArgument,
+            format!("{bad_value} line 1042: column f7: cannot parse \"abc\" as a number"),
+        ),
+        (
+            "unknown target",
+            TrainRequest {
+                target: "label".into(),
+                ..bc_request("bad")
+            },
+            Code::InvalidArgument,
+            "target column \"label\" is not in".into(),
+        ),
+        (
+            "single-class target",
+            TrainRequest {
+                dataset_uri: csv(dir.path(), "one.csv", "a,target\n1,x\n2,x\n3,x\n4,x\n"),
+                ..bc_request("bad")
+            },
+            Code::InvalidArgument,
+            "the target has a single class (\"x\"); classification needs at least two".into(),
+        ),
+        (
+            "empty file",
+            TrainRequest {
+                dataset_uri: csv(dir.path(), "empty.csv", ""),
+                ..bc_request("bad")
+            },
+            Code::InvalidArgument,
+            "the file is empty".into(),
+        ),
+        (
+            "ragged row",
+            TrainRequest {
+                dataset_uri: csv(dir.path(), "ragged.csv", "a,b,target\n1,2,0\n3,1\n"),
+                ..bc_request("bad")
+            },
+            Code::InvalidArgument,
+            "line 3: expected 3 fields (as in the header), found 2".into(),
+        ),
+        (
+            "missing file",
+            TrainRequest {
+                dataset_uri: "/nonexistent/data.csv".into(),
+                ..bc_request("bad")
+            },
+            Code::NotFound,
+            "dataset /nonexistent/data.csv does not exist".into(),
+        ),
+        (
+            "unknown algorithm",
+            TrainRequest {
+                algorithm: "svm".into(),
+                ..bc_request("bad")
+            },
+            Code::InvalidArgument,
+            "unknown algorithm \"svm\": expected one of".into(),
+        ),
+        (
+            "bad hyperparameter",
+            TrainRequest {
+                params: [("max_depth".to_string(), "deep".to_string())].into(),
+                ..bc_request("bad")
+            },
+            Code::InvalidArgument,
+            "param max_depth of random_forest: expected an integer >= 1 or none, got \"deep\""
+                .into(),
+        ),
+        (
+            "regression metric for a classifier",
+            TrainRequest {
+                metric: "rmse".into(),
+                ..bc_request("bad")
+            },
+            Code::InvalidArgument,
+            "metric \"rmse\": expected one of accuracy".into(),
+        ),
+        (
+            "path-like model name",
+            TrainRequest {
+                model: "../x".into(),
+                ..bc_request("bad")
+            },
+            Code::InvalidArgument,
+            "invalid model name \"../x\"".into(),
+        ),
+    ];
+    for (what, request, code, message) in cases {
+        let err = train(&mut t, request)
+            .await
+            .map(|(_, j)| j)
+            .expect_err(what);
+        assert_eq!(err.code(), code, "{what}: {err:?}");
+        assert!(
+            err.message().contains(&message),
+            "{what}: {:?} should contain {message:?}",
+            err.message()
+        );
+    }
+    assert!(sb.trainer_running(), "the trainer survives bad input");
+    let models = sb
+        .registry()
+        .await
+        .list_models(ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    assert!(models.is_empty(), "nothing registered: {models:?}");
+    // Failed jobs say why.
+    let jobs = t
+        .list_jobs(ListJobsRequest {
+            model: "bad".into(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    let failed = jobs
+        .iter()
+        .find(|j| j.error.contains("line 1042"))
+        .expect("the failed job is listed");
+    assert_eq!(
+        (failed.state, failed.error_code.as_str()),
+        (JobState::Failed as i32, "INVALID_ARGUMENT")
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_job_registers_nothing_and_shutdown_cancels_running_jobs() {
+    let mut sb = Sandbox::builder().trainer().start().await;
+    let mut t = sb.trainer().await;
+    let big = TrainRequest {
+        model: "big".into(),
+        dataset_uri: shared_data("synth_100000.csv").display().to_string(),
+        target: "target".into(),
+        params: [("n_trees".to_string(), "2000".to_string())].into(),
+        ..Default::default()
+    };
+    let job = t.submit_job(big.clone()).await.unwrap().into_inner();
+    assert_eq!(job.state, JobState::Queued as i32);
+    // Wait until it trains, then cancel.
+    loop {
+        let j = t
+            .get_job(GetJobRequest { id: job.id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        if j.progress
+            .as_ref()
+            .is_some_and(|p| p.stage == Stage::Fitting as i32)
+        {
+            break;
+        }
+        assert!(
+            j.state <= JobState::Running as i32,
+            "job ended early: {}",
+            j.error
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    t.cancel_job(CancelJobRequest {
+        id: job.id.clone(),
+        reason: "changed my mind".into(),
+    })
+    .await
+    .unwrap();
+    let done = wait_job(&mut t, &job.id).await;
+    assert_eq!(done.state, JobState::Cancelled as i32);
+    assert!(done.error.contains("changed my mind"), "{}", done.error);
+    let err = t
+        .cancel_job(CancelJobRequest {
+            id: job.id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let err = t
+        .get_job(GetJobRequest {
+            id: "job-999999".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // A job still running at shutdown is cancelled, and after the restart
+    // its record says so.
+    let job = t.submit_job(big).await.unwrap().into_inner();
+    sb.restart_trainer().await;
+    let mut t = sb.trainer().await;
+    let j = t
+        .get_job(GetJobRequest { id: job.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(j.state, JobState::Cancelled as i32, "{}", j.error);
+    assert!(j.error.contains("shutting down"), "{}", j.error);
+    let models = sb
+        .registry()
+        .await
+        .list_models(ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    assert!(models.is_empty(), "nothing registered: {models:?}");
+}
