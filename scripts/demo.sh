@@ -1,77 +1,100 @@
 #!/usr/bin/env bash
-# Starts a throwaway registry (embedded defaults: sled + local artifacts in a
-# temp dir, no external service) and walks a model through the lifecycle that
-# exists so far, narrating each step. Exits 0 when every step did what it
-# should.
+# Starts a throwaway registry and trainer (embedded defaults: sled + local
+# artifacts in a temp dir, no external service) and walks a model through
+# the lifecycle that exists so far, narrating each step. Exits 0 when every
+# step did what it should.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+DATA=${EVERGREEN_DEMO_DATA:-../shared/data/breast_cancer.csv}
+[ -f "$DATA" ] || { echo "demo: dataset $DATA not found (set EVERGREEN_DEMO_DATA)"; exit 1; }
+
 echo "==> building (release)"
-cargo build --release --quiet -p evergreen-registry -p evergreen-cli
+cargo build --release --quiet -p evergreen-registry -p evergreen-trainer -p evergreen-cli
 BIN=target/release
 DIR=$(mktemp -d)
-REG_PID=
-WATCH_PID=
+PIDS=()
 cleanup() {
-  [ -n "$WATCH_PID" ] && kill "$WATCH_PID" 2>/dev/null || true
-  [ -n "$REG_PID" ] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null || true
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
   rm -rf "$DIR"
 }
 trap cleanup EXIT
 
-"$BIN/evergreen-registry" --listen 127.0.0.1:0 --data-dir "$DIR/registry" >"$DIR/registry.out" 2>"$DIR/registry.log" &
-REG_PID=$!
-for _ in $(seq 100); do
-  grep -q "listening on" "$DIR/registry.out" 2>/dev/null && break
-  sleep 0.1
-done
-ADDR=$(sed -n 's/.*listening on //p' "$DIR/registry.out")
-[ -n "$ADDR" ] || { echo "registry did not start:"; cat "$DIR/registry.log"; exit 1; }
-export EVERGREEN_REGISTRY_URL="http://$ADDR"
+# start NAME ARGS...: runs a daemon on port 0, waits for "listening on", prints the address.
+start() {
+  local name=$1; shift
+  "$BIN/evergreen-$name" --listen 127.0.0.1:0 "$@" >"$DIR/$name.out" 2>"$DIR/$name.log" &
+  PIDS+=($!)
+  for _ in $(seq 100); do
+    grep -q "listening on" "$DIR/$name.out" 2>/dev/null && break
+    sleep 0.1
+  done
+  local addr
+  addr=$(sed -n 's/.*listening on //p' "$DIR/$name.out")
+  [ -n "$addr" ] || { echo "$name did not start:" >&2; cat "$DIR/$name.log" >&2; exit 1; }
+  echo "$addr"
+}
+
+REG=$(start registry --data-dir "$DIR/registry")
+export EVERGREEN_REGISTRY_URL="http://$REG"
+TRN=$(start trainer --data-dir "$DIR/trainer" --registry "$EVERGREEN_REGISTRY_URL")
+export EVERGREEN_TRAINER_URL="http://$TRN"
 export EVERGREEN_ACTOR=demo
-echo "==> registry up at $ADDR (data in $DIR/registry)"
+echo "==> registry at $REG, trainer at $TRN (state in $DIR)"
 
 step() { printf '\n==> %s\n' "$*"; }
 eg() { printf '$ evergreen %s\n' "$*"; "$BIN/evergreen" "$@"; }
 
 # A watcher, as the prediction server will be: it sees every change.
 "$BIN/evergreen" watch --json --from 0 >"$DIR/watch.jsonl" 2>/dev/null &
-WATCH_PID=$!
+PIDS+=($!)
 
-head -c 20000 /dev/urandom >"$DIR/model-v1.bin"
-head -c 30000 /dev/urandom >"$DIR/model-v2.bin"
+step "Train a random forest on $DATA and promote it to production if it is the best so far"
+eg train --data "$DATA" --target target --model cancer --seed 42 \
+  --promote-if-better production --reason "first model"
 
-step "Create a model"
-eg models create wine --description "wine cultivar classifier" --tag team=demo
+step "Train a challenger: logistic regression, C searched with 5-fold CV, gated on F1 against production"
+eg train --data "$DATA" --target target --model cancer --seed 42 \
+  --algorithm logistic_regression --param C=0.1,1,10 --cv 5 \
+  --promote-if-better production --metric f1_macro --json >"$DIR/challenger.json"
+python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print("version", j["version"], "-", j["gate"]["reason"])' "$DIR/challenger.json" 2>/dev/null \
+  || cat "$DIR/challenger.json"
 
-step "Register two versions (artifacts are streamed; the registry computes sha256)"
-eg versions register wine --artifact "$DIR/model-v1.bin" --metric accuracy=0.91 --param max_depth=6
-eg versions register wine --artifact "$DIR/model-v2.bin" --metric accuracy=0.94 --param max_depth=8
+step "The same request again gives a byte-identical artifact (reproducibility)"
+eg train --data "$DATA" --target target --model cancer --seed 42 \
+  --algorithm logistic_regression --param C=0.1,1,10 --cv 5 --json >"$DIR/again.json"
+SHA1=$(sed -n 's/.*"artifact_sha256":"\([0-9a-f]*\)".*/\1/p' "$DIR/challenger.json")
+SHA2=$(sed -n 's/.*"artifact_sha256":"\([0-9a-f]*\)".*/\1/p' "$DIR/again.json")
+echo "challenger sha256 $SHA1"
+echo "again      sha256 $SHA2"
+[ -n "$SHA1" ] && [ "$SHA1" = "$SHA2" ] || { echo "demo: artifacts differ"; exit 1; }
 
-step "Promote version 1 to production (compare-and-set: the alias must not exist yet)"
-eg alias set wine production 1 --expect 0 --reason "first release"
+step "Retrain production's recipe on fresh data (what the monitor will ask for)"
+eg retrain cancer --data "$DATA" --reason "scheduled refresh"
 
-step "Promote version 2, but only if production is still at 1"
-eg alias set wine production 2 --expect 1 --reason "better accuracy"
+step "What the registry holds"
+eg versions list cancer
+eg versions get cancer@production
 
-step "A stale promotion (expects production at 1) is refused, naming the current target"
-if eg alias set wine production 1 --expect 1; then
+step "A stale promotion (expects production at 3) is refused, naming the current target"
+if eg alias set cancer production 2 --expect 3; then
   echo "demo: the stale promotion should have been refused"; exit 1
 fi
 
-step "Deprecate version 1"
-eg versions status wine/1 deprecated --reason "superseded by version 2"
+step "Download production's artifact and check its sha256"
+eg versions download cancer@production --output "$DIR/production.evgmodel"
+PROD_SHA=$("$BIN/evergreen" versions get cancer@production --json | sed -n 's/.*"sha256":"\([0-9a-f]*\)".*/\1/p')
+echo "$PROD_SHA  $DIR/production.evgmodel" | sha256sum -c -
 
-step "What the registry holds"
-eg versions list wine
-eg versions get wine@production
+step "Deprecate version 3"
+eg versions status cancer/3 deprecated --reason "duplicate of version 2"
 
-step "Download production's artifact and check it byte for byte"
-eg versions download wine@production --output "$DIR/downloaded.bin"
-cmp "$DIR/model-v2.bin" "$DIR/downloaded.bin" && echo "identical to model-v2.bin"
+step "Training jobs"
+eg jobs list
 
 step "The audit trail"
-eg history wine
+eg history cancer
 
 step "The Watch stream a prediction server follows (one JSON object per event)"
 sleep 0.3

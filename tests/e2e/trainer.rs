@@ -572,3 +572,86 @@ async fn a_cancelled_job_registers_nothing_and_shutdown_cancels_running_jobs() {
         .models;
     assert!(models.is_empty(), "nothing registered: {models:?}");
 }
+
+#[tokio::test]
+async fn categorical_features_missing_values_and_regression() {
+    use evergreen_model::schema::Value;
+    use evergreen_model::{FeatureKind, Prediction, Scratch};
+    let sb = Sandbox::builder().trainer().start().await;
+    let mut t = sb.trainer().await;
+    let dir = tempfile::tempdir().unwrap();
+    let colours = ["red", "green", "blue"];
+    let mut body = String::from("size,colour,price,expensive\n");
+    for i in 0..600 {
+        let size = (i % 50) as f64;
+        let c = i % 3;
+        let price = 2.0 * size + [0.0, 30.0, 60.0][c] + ((i * 7919) % 13) as f64 * 0.1;
+        let size_s = if i % 17 == 0 {
+            "NA".to_string()
+        } else {
+            size.to_string()
+        };
+        let colour = if i % 23 == 0 { "" } else { colours[c] };
+        body.push_str(&format!(
+            "{size_s},{colour},{price},{}\n",
+            if price > 70.0 { "yes" } else { "no" }
+        ));
+    }
+    let path = csv(dir.path(), "shop.csv", &body);
+
+    // Regression with linear_regression (one-hot colours, standardized size).
+    let r = TrainRequest {
+        model: "price".into(),
+        dataset_uri: path.clone(),
+        target: "price".into(),
+        algorithm: "linear_regression".into(),
+        exclude: vec!["expensive".into()],
+        ..Default::default()
+    };
+    let (_, job) = train(&mut t, r).await.unwrap();
+    assert!(job.metrics["r2"] > 0.9, "{:?}", job.metrics);
+    assert!(job.metrics["rmse"] > 0.0 && job.metrics.contains_key("mae"));
+    let model = Model::from_bytes(&download(&sb, "price/1").await).unwrap();
+    assert_eq!(
+        model.schema.features[1].kind,
+        FeatureKind::Categorical {
+            categories: vec!["blue".into(), "green".into(), "red".into()]
+        }
+    );
+    let mut s = Scratch::default();
+    let Prediction::Value(p) = model
+        .predict(&[Value::Number(10.0), Value::Text("green")], &mut s)
+        .unwrap()
+    else {
+        panic!("a value")
+    };
+    assert!((p - 50.0).abs() < 3.0, "2 × 10 + 30 ≈ {p}");
+    // Unseen category and missing size: imputed and encoded, not an error.
+    assert!(model
+        .predict(&[Value::Missing, Value::Text("purple")], &mut s)
+        .is_ok());
+
+    // Classification on the same data with a categorical feature.
+    let r = TrainRequest {
+        model: "expensive".into(),
+        dataset_uri: path,
+        target: "expensive".into(),
+        algorithm: "decision_tree".into(),
+        exclude: vec!["price".into()],
+        ..Default::default()
+    };
+    let (_, job) = train(&mut t, r).await.unwrap();
+    assert!(job.metrics["accuracy"] > 0.9, "{:?}", job.metrics);
+    let v = sb
+        .registry()
+        .await
+        .get_version(GetVersionRequest {
+            r#ref: req::spec("expensive/1"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let schema = v.schema.unwrap();
+    assert_eq!(schema.features[1].r#type, FeatureType::Categorical as i32);
+    assert_eq!(schema.target.unwrap().categories, ["no", "yes"]);
+}

@@ -91,9 +91,6 @@ fn main() {
     );
     println!("threads: {}", rayon::current_num_threads());
     println!();
-    println!("| model | fit (s) | test accuracy | vs scikit-learn 1.9.1 fit (README baseline) |");
-    println!("|---|---|---|---|");
-
     let tree_p = ForestParams {
         n_trees: 1,
         bootstrap: false,
@@ -107,12 +104,6 @@ fn main() {
         fit_forest(xtr.view(), &ytr, 2, &tree_p, Control::default()).unwrap()
     });
     let a_tree = acc(&|x, o| tree.predict_into(x, o));
-    println!(
-        "| evergreen decision tree (depth 10) | {:.3} | {:.4} | {:.1}× faster (1.9 s, 0.922) |",
-        t_tree.as_secs_f64(),
-        a_tree,
-        1.9 / t_tree.as_secs_f64()
-    );
 
     let forest_p = ForestParams {
         n_trees: 100,
@@ -128,7 +119,6 @@ fn main() {
     });
     let a_forest = acc(&|x, o| forest.predict_into(x, o));
     let leaves: usize = forest.trees.iter().map(|t| t.n_leaves()).sum();
-    println!("| evergreen random forest (100 trees, sqrt features/split) | {:.3} | {:.4} | {:.1}× faster (16.9 s, 0.970) |", t_forest.as_secs_f64(), a_forest, 16.9 / t_forest.as_secs_f64());
 
     // In-run baseline: linfa-trees, one depth-10 tree on the same split.
     let ds = DatasetBase::new(xtr.clone(), Array1::from(ytr.clone()));
@@ -140,7 +130,6 @@ fn main() {
     });
     let pred = linfa_tree.predict(&xte);
     let a_linfa = pred.iter().zip(&yte).filter(|(p, t)| p == t).count() as f64 / yte.len() as f64;
-    println!("| linfa-trees 0.8 decision tree (depth 10), in-run baseline | {:.3} | {:.4} | {:.1}× faster |", t_linfa.as_secs_f64(), a_linfa, 1.9 / t_linfa.as_secs_f64());
 
     // The whole job as the daemon runs it (load excluded): fit + holdout
     // evaluation through the serving path + reference profile + artifact.
@@ -163,21 +152,84 @@ fn main() {
         progress: &|_| {},
     };
     let (t_job, out) = best_of(1, || train::train(&d, &inputs).unwrap());
-    println!("| whole job: forest + evaluation + profile + artifact | {:.3} | {:.4} | artifact {:.1} MiB |", t_job.as_secs_f64(), out.metrics["accuracy"], out.bytes.len() as f64 / (1 << 20) as f64);
-    println!();
-    println!("evergreen forest: {leaves} leaves in all; ratio evergreen/linfa-trees tree fit time: {:.2}", t_tree.as_secs_f64() / t_linfa.as_secs_f64());
-
+    // Baselines in this run: linfa-trees always, scikit-learn when given.
+    let mut sk_tree = (1.9, 0.922, "README");
+    let mut sk_forest = (16.9, 0.970, "README");
     if let Ok(py) = std::env::var("EVERGREEN_BENCH_PYTHON") {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/sklearn_train.py");
-        println!();
-        println!("scikit-learn in this run ({py}):");
-        let status = std::process::Command::new(py)
+        let out = std::process::Command::new(&py)
             .arg(script)
             .arg(&path)
             .arg(runs.to_string())
-            .status();
-        if !status.is_ok_and(|s| s.success()) {
-            println!("(scikit-learn run failed)");
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                for line in String::from_utf8_lossy(&o.stdout).lines() {
+                    let v: serde_json::Value =
+                        serde_json::from_str(line).expect("sklearn json line");
+                    let fig = (
+                        v["fit_s"].as_f64().unwrap(),
+                        v["accuracy"].as_f64().unwrap(),
+                        "this run",
+                    );
+                    match v["model"].as_str() {
+                        Some("tree") => sk_tree = fig,
+                        Some("forest") => sk_forest = fig,
+                        _ => {}
+                    }
+                }
+            }
+            other => println!("(scikit-learn run failed: {other:?}; using the README baseline)"),
         }
     }
+
+    // Single-row prediction through the serving path (raw row → pipeline →
+    // forest), one thread, reusing the scratch buffer.
+    let model = &out.model;
+    let rows: Vec<Vec<Value>> = te
+        .iter()
+        .take(10_000)
+        .map(|&r| d.columns.iter().map(|c| c.value(r)).collect())
+        .collect();
+    let mut scratch = evergreen_model::Scratch::default();
+    let t = Instant::now();
+    let mut sink = 0usize;
+    for r in &rows {
+        if let Ok(evergreen_model::Prediction::Class { class, .. }) = model.predict(r, &mut scratch)
+        {
+            sink += class;
+        }
+    }
+    let per_row = t.elapsed() / rows.len() as u32;
+    std::hint::black_box(sink);
+
+    println!("| model | fit (s) | test accuracy | fit-time ratio (baseline / evergreen) |");
+    println!("|---|---|---|---|");
+    println!(
+        "| evergreen decision tree (depth 10) | {:.3} | {:.4} | {:.1}× vs scikit-learn |",
+        t_tree.as_secs_f64(),
+        a_tree,
+        sk_tree.0 / t_tree.as_secs_f64()
+    );
+    println!(
+        "| scikit-learn 1.9.1 DecisionTreeClassifier(max_depth=10) ({}) | {:.3} | {:.4} | 1.0 |",
+        sk_tree.2, sk_tree.0, sk_tree.1
+    );
+    println!("| linfa-trees 0.8 DecisionTree (max_depth 10) (this run) | {:.3} | {:.4} | {:.1}× vs linfa-trees |", t_linfa.as_secs_f64(), a_linfa, t_linfa.as_secs_f64() / t_tree.as_secs_f64());
+    println!("| evergreen random forest (100 trees, sqrt features per split, 2 threads) | {:.3} | {:.4} | {:.1}× vs scikit-learn |", t_forest.as_secs_f64(), a_forest, sk_forest.0 / t_forest.as_secs_f64());
+    println!(
+        "| scikit-learn 1.9.1 RandomForestClassifier(100, n_jobs=-1) ({}) | {:.3} | {:.4} | 1.0 |",
+        sk_forest.2, sk_forest.0, sk_forest.1
+    );
+    println!("| evergreen whole job: forest + holdout eval + profile + artifact | {:.3} | {:.4} | artifact {:.1} MiB |", t_job.as_secs_f64(), out.metrics["accuracy"], out.bytes.len() as f64 / (1 << 20) as f64);
+    println!();
+    println!(
+        "accuracy difference (evergreen - scikit-learn): tree {:+.4}, forest {:+.4}",
+        a_tree - sk_tree.1,
+        a_forest - sk_forest.1
+    );
+    println!(
+        "evergreen forest: {leaves} leaves; single-row predict (raw row, 100 trees): {:.1} µs",
+        per_row.as_secs_f64() * 1e6
+    );
 }

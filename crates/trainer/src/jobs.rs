@@ -507,3 +507,49 @@ pub fn selection(r: &Recipe) -> Selection {
         categorical: r.categorical.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A trainer killed mid-job (no graceful shutdown) leaves a RUNNING
+    /// record; the next start reports it FAILED.
+    #[tokio::test]
+    async fn jobs_interrupted_by_a_crash_read_as_failed_after_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::connect_lazy("http://127.0.0.1:1").unwrap();
+        {
+            let jobs = Jobs::open(dir.path(), registry.clone(), 1).unwrap();
+            let job = JobRecord {
+                id: "job-000007".into(),
+                state: JobState::Running,
+                model: "m".into(),
+                version: 0,
+                metrics: BTreeMap::new(),
+                params: BTreeMap::new(),
+                error: String::new(),
+                error_code: String::new(),
+                request: RawRequest::default(),
+                progress: Progress::stage(Stage::Fitting, 70.0, "tree 50 of 100"),
+                artifact_sha256: String::new(),
+                gate: None,
+                created_ms: now_ms(),
+                finished_ms: 0,
+                actor: "t".into(),
+                started: None,
+            };
+            jobs.save(&job);
+        }
+        let jobs = Jobs::open(dir.path(), registry, 1).unwrap();
+        let j = jobs.get("job-000007").unwrap();
+        assert_eq!(j.state, JobState::Failed);
+        assert!(
+            j.error
+                .contains("stopped while this job was queued or running"),
+            "{}",
+            j.error
+        );
+        assert_eq!(j.error_code, "ABORTED");
+        assert!(matches!(jobs.get("job-1"), Err(TrainError::NotFound(_))));
+    }
+}
