@@ -4,6 +4,10 @@
 run:
     cargo run --release -p evergreen-registry
 
+# Run the trainer (job records under ./.evergreen/trainer, registry on 7400).
+run-trainer:
+    cargo run --release -p evergreen-trainer
+
 # Start a throwaway registry and walk a model through the lifecycle with the CLI.
 demo:
     scripts/demo.sh
@@ -15,6 +19,11 @@ test:
 # Registry benchmark: prints a table with ratios to in-run baselines and MLflow.
 bench:
     cargo bench -p evergreen-registry --bench registry
+
+# Training benchmark on ../shared/data/synth_100000.csv vs linfa-trees, and
+# scikit-learn in the same run when EVERGREEN_BENCH_PYTHON is set.
+bench-train:
+    cargo bench -p evergreen-trainer --bench train
 
 fmt:
     cargo fmt --all

@@ -209,10 +209,10 @@ impl Drop for Sandbox {
     }
 }
 
-/// The shared data sets (`../shared/data`).
-pub fn shared_data(name: &str) -> PathBuf {
+/// A dataset that ships in the repository (`data/`).
+pub fn dataset(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data")
+        .join("../data")
         .join(name)
 }
 

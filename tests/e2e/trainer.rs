@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use evergreen_e2e::{req, shared_data, Sandbox};
+use evergreen_e2e::{dataset, req, Sandbox};
 use evergreen_model::profile::{FeatureProfile, PredictionProfile};
 use evergreen_model::Model;
 use evergreen_proto::v1::trainer_client::TrainerClient;
@@ -19,7 +19,7 @@ use tonic::{Code, Status};
 fn bc_request(model: &str) -> TrainRequest {
     TrainRequest {
         model: model.into(),
-        dataset_uri: shared_data("breast_cancer.csv").display().to_string(),
+        dataset_uri: dataset("breast_cancer.csv").display().to_string(),
         target: "target".into(),
         algorithm: "random_forest".into(),
         seed: 42,
@@ -164,7 +164,7 @@ async fn trains_breast_cancer_and_registers_version_metrics_lineage_and_profile(
         .all(|f| f.r#type == FeatureType::Numeric as i32));
     assert_eq!(schema.target.unwrap().categories, ["0", "1"]);
     let lineage = v.lineage.unwrap();
-    let file = std::fs::read(shared_data("breast_cancer.csv")).unwrap();
+    let file = std::fs::read(dataset("breast_cancer.csv")).unwrap();
     assert_eq!(lineage.dataset_sha256, hex::encode(Sha256::digest(&file)));
     assert_eq!(lineage.run_id, job.id);
     assert!(lineage.producer.starts_with("evergreen-trainer "));
@@ -301,7 +301,7 @@ async fn retrain_reuses_the_recipe_of_the_production_version() {
         .retrain(RetrainRequest {
             model: "recipe".into(),
             reason: "drift on f3".into(),
-            dataset_uri: shared_data("breast_cancer.csv").display().to_string(),
+            dataset_uri: dataset("breast_cancer.csv").display().to_string(),
             ..Default::default()
         })
         .await
@@ -496,11 +496,24 @@ async fn bad_data_and_bad_requests_are_clear_errors_and_register_nothing() {
 async fn a_cancelled_job_registers_nothing_and_shutdown_cancels_running_jobs() {
     let mut sb = Sandbox::builder().trainer().start().await;
     let mut t = sb.trainer().await;
+    // 20k rows and 5000 trees: long enough to be caught running.
+    let dir = tempfile::tempdir().unwrap();
+    let mut body = String::from("a,b,c,d,target\n");
+    for i in 0..20_000u64 {
+        let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let (a, b, c, d) = (
+            h % 1000,
+            (h >> 10) % 1000,
+            (h >> 20) % 1000,
+            (h >> 30) % 1000,
+        );
+        body.push_str(&format!("{a},{b},{c},{d},{}\n", u64::from(a + b > c + d)));
+    }
     let big = TrainRequest {
         model: "big".into(),
-        dataset_uri: shared_data("synth_100000.csv").display().to_string(),
+        dataset_uri: csv(dir.path(), "big.csv", &body),
         target: "target".into(),
-        params: [("n_trees".to_string(), "2000".to_string())].into(),
+        params: [("n_trees".to_string(), "5000".to_string())].into(),
         ..Default::default()
     };
     let job = t.submit_job(big.clone()).await.unwrap().into_inner();
@@ -534,6 +547,25 @@ async fn a_cancelled_job_registers_nothing_and_shutdown_cancels_running_jobs() {
     let done = wait_job(&mut t, &job.id).await;
     assert_eq!(done.state, JobState::Cancelled as i32);
     assert!(done.error.contains("changed my mind"), "{}", done.error);
+
+    // An attached Train whose caller goes away (Ctrl-C) cancels its job.
+    let mut stream = t.train(big.clone()).await.unwrap().into_inner();
+    let attached_id = loop {
+        let ev = stream.message().await.unwrap().expect("progress");
+        if let Some(train_event::Kind::Progress(p)) = ev.kind {
+            if p.stage == Stage::Fitting as i32 {
+                break p.job_id;
+            }
+        }
+    };
+    drop(stream);
+    let done = wait_job(&mut t, &attached_id).await;
+    assert_eq!(done.state, JobState::Cancelled as i32);
+    assert!(
+        done.error.contains("cancelled by the client"),
+        "{}",
+        done.error
+    );
     let err = t
         .cancel_job(CancelJobRequest {
             id: job.id.clone(),

@@ -134,6 +134,50 @@ fn pairs<V: Display>(map: &HashMap<String, V>) -> String {
         .join(",")
 }
 
+/// Metrics people look for first, in this order.
+const HEADLINE: &[&str] = &["accuracy", "f1_macro", "roc_auc", "r2", "rmse", "auc"];
+
+/// A number as people read it: at most 4 decimals, no trailing zeros.
+fn short_number(x: f64) -> String {
+    let s = format!("{x:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.to_string()
+}
+
+/// All metrics, sorted, 4 decimals.
+fn metric_pairs(map: &HashMap<String, f64>) -> String {
+    let mut entries: Vec<_> = map.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    entries
+        .iter()
+        .map(|(k, v)| format!("{k}={}", short_number(**v)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The headline metrics (or the first three), and how many more there are.
+fn headline_metrics(map: &HashMap<String, f64>) -> String {
+    let mut shown: Vec<&str> = HEADLINE
+        .iter()
+        .copied()
+        .filter(|k| map.contains_key(*k))
+        .take(3)
+        .collect();
+    if shown.is_empty() {
+        let mut keys: Vec<&str> = map.keys().map(String::as_str).collect();
+        keys.sort();
+        shown = keys.into_iter().take(3).collect();
+    }
+    let mut out: Vec<String> = shown
+        .iter()
+        .map(|k| format!("{k}={}", short_number(map[*k])))
+        .collect();
+    if map.len() > shown.len() {
+        out.push(format!("+{} more", map.len() - shown.len()));
+    }
+    out.join(" ")
+}
+
 fn string_map(map: &HashMap<String, String>) -> Value {
     Value::Object(
         map.iter()
@@ -284,7 +328,7 @@ pub fn print_version(v: &ModelVersion) {
                 artifact.size_bytes
             ),
         ),
-        ("metrics", pairs(&v.metrics)),
+        ("metrics", metric_pairs(&v.metrics)),
         ("params", pairs(&v.params)),
         ("tags", pairs(&v.tags)),
         ("description", v.description.clone()),
@@ -326,7 +370,7 @@ pub fn print_versions(versions: &[ModelVersion]) {
             artifact.sha256.chars().take(12).collect(),
             human_size(artifact.size_bytes),
             short_time(v.created_at.as_ref()),
-            pairs(&v.metrics),
+            headline_metrics(&v.metrics),
         ]);
     }
     t.print();
@@ -444,6 +488,23 @@ mod tests {
         assert_eq!(status_name(VersionStatus::Deprecated as i32), "DEPRECATED");
         assert_eq!(kind_name(EventKind::AliasSet as i32), "ALIAS_SET");
         assert_eq!(kind_name(99), "UNKNOWN(99)");
+    }
+
+    #[test]
+    fn version_lists_show_headline_metrics() {
+        let m: HashMap<String, f64> = [
+            ("accuracy", 0.97660818),
+            ("log_loss", 0.28),
+            ("f1_macro", 0.5),
+            ("train_rows", 398.0),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(headline_metrics(&m), "accuracy=0.9766 f1_macro=0.5 +2 more");
+        let m: HashMap<String, f64> = [("zeta".to_string(), 1.0)].into();
+        assert_eq!(headline_metrics(&m), "zeta=1");
+        assert_eq!(metric_pairs(&m), "zeta=1");
     }
 
     #[test]

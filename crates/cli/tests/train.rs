@@ -7,8 +7,8 @@ use tokio::net::TcpListener;
 
 const BIN: &str = env!("CARGO_BIN_EXE_evergreen");
 
-fn shared(name: &str) -> String {
-    format!("{}/../../../shared/data/{name}", env!("CARGO_MANIFEST_DIR"))
+fn dataset(name: &str) -> String {
+    format!("{}/../../data/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 struct Stack {
@@ -54,7 +54,7 @@ async fn evergreen(s: &Stack, args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread")]
 async fn train_prints_progress_and_a_json_result() {
     let s = stack().await;
-    let data = shared("wine.csv");
+    let data = dataset("wine.csv");
     let out = evergreen(
         &s,
         &[
@@ -148,7 +148,7 @@ async fn train_errors_name_the_problem_and_exit_1() {
         &[
             "train",
             "--data",
-            &shared("wine.csv"),
+            &dataset("wine.csv"),
             "--target",
             "nope",
             "--model",

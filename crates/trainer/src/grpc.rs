@@ -127,6 +127,7 @@ fn progress(p: &Progress, job: &JobRecord) -> pb::Progress {
         folds: p.folds,
         percent: p.percent,
         elapsed_ms,
+        job_id: job.id.clone(),
     }
 }
 
