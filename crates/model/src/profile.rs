@@ -132,7 +132,8 @@ impl NumericProfile {
     pub(crate) fn validate(&self) -> Result<(), String> {
         if self.edges.len() < 2
             || self.counts.len() != self.edges.len() + 1
-            || self.edges.windows(2).any(|w| !(w[0] <= w[1]))
+            || self.edges.iter().any(|e| e.is_nan())
+            || self.edges.windows(2).any(|w| w[0] > w[1])
         {
             return Err("numeric profile has malformed bins".into());
         }

@@ -696,7 +696,7 @@ mod tests {
             let a = (i % 2) as f64;
             let b = ((i / 2) % 2) as f64;
             x.extend_from_slice(&[a, b, (i % 7) as f64]);
-            y.push(((a as usize) ^ (b as usize)) as usize);
+            y.push((a as usize) ^ (b as usize));
         }
         (Array2::from_shape_vec((200, 3), x).unwrap(), y)
     }

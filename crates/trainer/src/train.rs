@@ -466,7 +466,7 @@ pub fn train(data: &Dataset, inputs: &Inputs) -> Result<Outcome, TrainError> {
     );
     let x = matrix(&pipeline, &features, &data.columns, &train_rows);
     let tick = |d: usize, t: usize| {
-        if d == t || d % (t / 20).max(1) == 0 {
+        if d == t || d.is_multiple_of((t / 20).max(1)) {
             report(Progress::stage(
                 Stage::Fitting,
                 60.0 + 30.0 * d as f64 / t as f64,
