@@ -4,9 +4,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use evergreen_proto::v1::predictor_client::PredictorClient;
 use evergreen_proto::v1::registry_client::RegistryClient;
 use evergreen_proto::v1::trainer_client::TrainerClient;
 use evergreen_registry::RegistryConfig;
+use evergreen_server::ServerConfig;
 use evergreen_trainer::TrainerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -19,6 +21,9 @@ pub struct Sandbox {
     pub trainer_addr: Option<SocketAddr>,
     trainer: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
     trainer_config: Option<TrainerConfig>,
+    pub server_addr: Option<SocketAddr>,
+    server: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
+    server_config: Option<ServerConfig>,
     dir: Option<tempfile::TempDir>,
     data_dir: PathBuf,
     config: RegistryConfig,
@@ -28,10 +33,13 @@ pub struct Sandbox {
 
 type ConfigTweak = Box<dyn FnOnce(&mut RegistryConfig)>;
 
+type ServerTweak = Box<dyn FnOnce(&mut ServerConfig)>;
+
 #[derive(Default)]
 pub struct SandboxBuilder {
     tweak: Option<ConfigTweak>,
     trainer: bool,
+    server: Option<ServerTweak>,
 }
 
 impl SandboxBuilder {
@@ -44,6 +52,12 @@ impl SandboxBuilder {
     /// Also start a trainer that registers into this registry.
     pub fn trainer(mut self) -> Self {
         self.trainer = true;
+        self
+    }
+
+    /// Also start a prediction server following this registry.
+    pub fn server(mut self, f: impl FnOnce(&mut ServerConfig) + 'static) -> Self {
+        self.server = Some(Box::new(f));
         self
     }
 
@@ -61,11 +75,19 @@ impl SandboxBuilder {
             data_dir: dir.path().join("trainer"),
             ..Default::default()
         });
+        let server_config = self.server.map(|f| {
+            let mut c = ServerConfig::default();
+            f(&mut c);
+            c
+        });
         let mut sandbox = Sandbox {
             registry_addr: "127.0.0.1:0".parse().unwrap(),
             trainer_addr: None,
             trainer: None,
             trainer_config,
+            server_addr: None,
+            server: None,
+            server_config,
             dir: Some(dir),
             data_dir,
             config,
@@ -75,6 +97,9 @@ impl SandboxBuilder {
         sandbox.boot().await;
         if sandbox.trainer_config.is_some() {
             sandbox.boot_trainer().await;
+        }
+        if sandbox.server_config.is_some() {
+            sandbox.boot_server().await;
         }
         sandbox
     }
@@ -90,8 +115,9 @@ impl Sandbox {
     }
 
     async fn boot(&mut self) {
-        // Bound before spawning: clients connect to the real address, no sleeps.
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        // Bound before spawning: clients connect to the real address, no
+        // sleeps. A restart binds the same port, so other daemons find it.
+        let listener = TcpListener::bind(self.registry_addr).await.expect("bind");
         self.registry_addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let config = self.config.clone();
@@ -120,6 +146,55 @@ impl Sandbox {
             .await
         });
         self.trainer = Some((tx, task));
+    }
+
+    async fn boot_server(&mut self) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        self.server_addr = Some(listener.local_addr().unwrap());
+        let mut config = self.server_config.clone().expect("a server was asked for");
+        config.registry_url = self.registry_url();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            evergreen_server::run(config, listener, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        self.server = Some((tx, task));
+    }
+
+    pub fn server_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.server_addr.expect("sandbox started with .server()")
+        )
+    }
+
+    pub async fn server_channel(&self) -> Channel {
+        Channel::from_shared(self.server_url())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to server")
+    }
+
+    pub async fn predictor(&self) -> PredictorClient<Channel> {
+        PredictorClient::new(self.server_channel().await)
+    }
+
+    /// Whether the server task is still running.
+    pub fn server_running(&self) -> bool {
+        self.server.as_ref().is_some_and(|(_, t)| !t.is_finished())
+    }
+
+    /// Stops the registry (the other daemons keep running).
+    pub async fn stop_registry(&mut self) {
+        self.stop().await.expect("registry stopped cleanly");
+    }
+
+    /// Starts the registry again on the same address and data dir.
+    pub async fn start_registry(&mut self) {
+        self.boot().await;
     }
 
     pub fn trainer_url(&self) -> String {
@@ -199,6 +274,9 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        if let Some((tx, _)) = self.server.take() {
+            let _ = tx.send(());
+        }
         if let Some((tx, _)) = self.trainer.take() {
             let _ = tx.send(());
         }
@@ -206,6 +284,71 @@ impl Drop for Sandbox {
             let _ = tx.send(());
         }
         let _ = self.dir.take();
+    }
+}
+
+/// A stand-in monitor that records the prediction log it receives (the real
+/// monitor is issue #5).
+pub mod monitor {
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use evergreen_proto::v1::monitor_server::{Monitor, MonitorServer};
+    use evergreen_proto::v1::{
+        DriftReport, GetDriftRequest, LogPredictionsResponse, PredictionLog, PredictionLogBatch,
+        RecordFeedbackRequest, RecordFeedbackResponse,
+    };
+    use tonic::{Request, Response, Status, Streaming};
+
+    #[derive(Clone, Default)]
+    pub struct Received {
+        pub records: Arc<Mutex<Vec<PredictionLog>>>,
+        pub batches: Arc<Mutex<Vec<u64>>>,
+    }
+
+    #[tonic::async_trait]
+    impl Monitor for Received {
+        async fn log_predictions(
+            &self,
+            req: Request<Streaming<PredictionLogBatch>>,
+        ) -> Result<Response<LogPredictionsResponse>, Status> {
+            let mut s = req.into_inner();
+            let mut n = 0;
+            while let Some(b) = s.message().await? {
+                n += b.records.len() as u64;
+                self.batches.lock().unwrap().push(b.records.len() as u64);
+                self.records.lock().unwrap().extend(b.records);
+            }
+            Ok(Response::new(LogPredictionsResponse { accepted: n }))
+        }
+        async fn record_feedback(
+            &self,
+            _: Request<RecordFeedbackRequest>,
+        ) -> Result<Response<RecordFeedbackResponse>, Status> {
+            Err(Status::unimplemented("test monitor"))
+        }
+        async fn get_drift(
+            &self,
+            _: Request<GetDriftRequest>,
+        ) -> Result<Response<DriftReport>, Status> {
+            Err(Status::unimplemented("test monitor"))
+        }
+    }
+
+    /// Starts one on 127.0.0.1:0.
+    pub async fn start() -> (SocketAddr, Received) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Received::default();
+        let svc = MonitorServer::new(received.clone());
+        tokio::spawn(async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(incoming)
+                .await
+        });
+        (addr, received)
     }
 }
 

@@ -10,14 +10,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // across checkouts sharing a target dir, and env! would pin the path of
     // whichever checkout compiled it.
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let dir = root.join("evergreen/v1");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
+    let dirs = [root.join("evergreen/v1"), root.join("inference")];
+    let mut files: Vec<PathBuf> = Vec::new();
+    for dir in &dirs {
+        for e in std::fs::read_dir(dir)? {
+            files.push(e?.path());
+        }
+        // protox emits no rerun-if-changed of its own.
+        println!("cargo:rerun-if-changed={}", dir.display());
+    }
     files.retain(|p| p.extension().is_some_and(|e| e == "proto"));
     files.sort();
-    // protox emits no rerun-if-changed of its own.
-    println!("cargo:rerun-if-changed={}", dir.display());
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

@@ -303,6 +303,7 @@ async fn aliases_move_by_compare_and_set_and_resolve_everywhere() {
             r#ref: req::version("churn", 2),
             status: VersionStatus::Retired as i32,
             reason: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -322,6 +323,7 @@ async fn aliases_move_by_compare_and_set_and_resolve_everywhere() {
             r#ref: req::spec("churn@production"),
             status: VersionStatus::Deprecated as i32,
             reason: "sunset soon".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -337,6 +339,7 @@ async fn aliases_move_by_compare_and_set_and_resolve_everywhere() {
             r#ref: req::version("churn", 1),
             status: VersionStatus::Deprecated as i32,
             reason: "superseded by 2".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -347,6 +350,7 @@ async fn aliases_move_by_compare_and_set_and_resolve_everywhere() {
             r#ref: req::version("churn", 1),
             status: VersionStatus::Archived as i32,
             reason: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

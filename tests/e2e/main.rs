@@ -3,5 +3,6 @@
 mod bad_input;
 mod lifecycle;
 mod platform;
+mod server;
 mod trainer;
 mod watch;

@@ -354,11 +354,15 @@ impl Ctx {
         reference: String,
         status: VersionStatus,
         reason: String,
+        sunset_at: Option<evergreen_proto::Timestamp>,
+        replacement_version: u64,
     ) -> anyhow::Result<()> {
         let req = self.req(SetVersionStatusRequest {
             r#ref: version_ref(reference),
             status: status as i32,
             reason,
+            sunset_at,
+            replacement_version,
         });
         let v = self.client.set_version_status(req).await?.into_inner();
         self.show(|| output::version_json(&v), || output::print_version(&v));
@@ -401,6 +405,46 @@ impl Ctx {
         });
         let a = self.client.set_alias(req).await?.into_inner();
         self.show(|| output::alias_json(&a), || output::print_alias(&a));
+        Ok(())
+    }
+
+    pub async fn rollback(
+        &mut self,
+        model: String,
+        alias: String,
+        reason: String,
+    ) -> anyhow::Result<()> {
+        let req = self.req(evergreen_proto::v1::RollbackAliasRequest {
+            model,
+            alias,
+            reason,
+        });
+        let a = self.client.rollback_alias(req).await?.into_inner();
+        self.show(|| output::alias_json(&a), || output::print_alias(&a));
+        Ok(())
+    }
+
+    pub async fn set_policy(
+        &mut self,
+        model: String,
+        weights: Vec<(u64, u32)>,
+        shadow: u64,
+        reason: String,
+    ) -> anyhow::Result<()> {
+        let policy = evergreen_proto::v1::TrafficPolicy {
+            weights: weights
+                .into_iter()
+                .map(|(version, weight)| evergreen_proto::v1::VersionWeight { version, weight })
+                .collect(),
+            shadow_version: shadow,
+        };
+        let req = self.req(evergreen_proto::v1::SetTrafficPolicyRequest {
+            model,
+            policy: Some(policy),
+            reason,
+        });
+        let m = self.client.set_traffic_policy(req).await?.into_inner();
+        self.show(|| output::model_json(&m), || output::print_model(&m));
         Ok(())
     }
 

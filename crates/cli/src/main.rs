@@ -5,6 +5,7 @@
 
 mod commands;
 mod output;
+mod serving;
 mod train;
 
 use std::collections::HashMap;
@@ -41,6 +42,16 @@ struct Cli {
         value_name = "URL"
     )]
     trainer: String,
+
+    /// Prediction server gRPC endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "EVERGREEN_SERVER_URL",
+        default_value = "http://127.0.0.1:7402",
+        value_name = "URL"
+    )]
+    server: String,
 
     /// Machine-readable output: one JSON value (per line for `watch`).
     #[arg(long, global = true)]
@@ -96,6 +107,36 @@ enum Command {
     /// List, inspect, follow and cancel training jobs.
     #[command(subcommand)]
     Jobs(JobsCmd),
+    /// Score rows with a served model (MODEL is name, name@alias or name/N).
+    Predict {
+        model: String,
+        /// A row of comma-separated values in feature order; empty = missing
+        /// (repeatable).
+        #[arg(long = "row", value_name = "V1,V2,...")]
+        rows: Vec<String>,
+        /// A CSV file with a header naming the features.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Columns of --file to leave out (e.g. the target) (repeatable).
+        #[arg(long = "drop", value_name = "COL")]
+        drop: Vec<String>,
+        /// Request id (also picks the canary arm; default: generated).
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// What the prediction server has loaded.
+    Served,
+    /// Move an alias back to its previous target (from the audit trail).
+    Rollback {
+        name: String,
+        #[arg(long, default_value = "production")]
+        alias: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Traffic policy of a model: canary weights and shadow version.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Print registry events as they happen, until interrupted.
     Watch {
         /// Replay events after this revision first (default: from now on).
@@ -193,6 +234,28 @@ impl AlgorithmArg {
 }
 
 #[derive(Subcommand)]
+enum PolicyCmd {
+    /// Split default traffic across versions and/or shadow one.
+    Set {
+        name: String,
+        /// VERSION=WEIGHT, e.g. --weight 3=90 --weight 4=10 (repeatable).
+        #[arg(long = "weight", value_name = "V=W", value_parser = parse_weight)]
+        weights: Vec<(u64, u32)>,
+        /// Version that scores a copy of each request, off the response path.
+        #[arg(long, value_name = "VERSION", default_value_t = 0)]
+        shadow: u64,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Remove the policy: all default traffic to the served alias.
+    Clear {
+        name: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum JobsCmd {
     /// Training jobs, newest first.
     List {
@@ -278,8 +341,15 @@ enum VersionsCmd {
         #[arg(value_name = "REF")]
         reference: String,
         status: StatusArg,
+        /// Why; for `deprecated`, the notice callers of the version see.
         #[arg(long, default_value = "")]
         reason: String,
+        /// With `deprecated`: when it stops being served (RFC 3339 or YYYY-MM-DD).
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        sunset: Option<evergreen_proto::Timestamp>,
+        /// With `deprecated`: the version callers should move to.
+        #[arg(long, value_name = "VERSION")]
+        replacement: Option<u64>,
     },
     /// Delete a version (REF is name@alias or name/N).
     Delete {
@@ -363,6 +433,40 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
         _ => Err(format!("expected KEY=VALUE (e.g. team=search), got {s:?}")),
     }
+}
+
+/// `2026-12-31` (midnight UTC) or RFC 3339 for `--sunset`.
+fn parse_time(s: &str) -> Result<evergreen_proto::Timestamp, String> {
+    let t = chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .or_else(|_| {
+            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc())
+        })
+        .map_err(|_| {
+            format!("expected RFC 3339 (2026-12-31T12:00:00Z) or a date (2026-12-31), got {s:?}")
+        })?;
+    Ok(evergreen_proto::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    })
+}
+
+/// `VERSION=WEIGHT` for `--weight`.
+fn parse_weight(s: &str) -> Result<(u64, u32), String> {
+    let shape = "expected VERSION=WEIGHT (e.g. 4=10)";
+    let (v, w) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{shape}, got {s:?}"))?;
+    let v = v
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| format!("{shape}, got {s:?}: {v:?} is not a version number"))?;
+    let w = w
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| format!("{shape}, got {s:?}: {w:?} is not a whole number"))?;
+    Ok((v, w))
 }
 
 /// `KEY=NUMBER` for `--metric`.
@@ -475,6 +579,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Predict {
+            model,
+            rows,
+            file,
+            drop,
+            request_id,
+        } => {
+            let mut all: Vec<evergreen_proto::v1::Row> =
+                rows.iter().map(|r| serving::parse_row(r)).collect();
+            if let Some(f) = file {
+                all.extend(serving::read_csv_rows(&f, &drop)?);
+            }
+            let mut s = serving::ServeCtx::connect(&cli.server, cli.json).await?;
+            s.predict(model, all, request_id).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Served => {
+            let mut s = serving::ServeCtx::connect(&cli.server, cli.json).await?;
+            s.served().await?;
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
     let mut ctx = commands::Ctx::connect(&cli.registry, &actor, cli.json).await?;
@@ -516,7 +641,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 reference,
                 status,
                 reason,
-            } => ctx.set_status(reference, status.into(), reason).await?,
+                sunset,
+                replacement,
+            } => {
+                ctx.set_status(
+                    reference,
+                    status.into(),
+                    reason,
+                    sunset,
+                    replacement.unwrap_or(0),
+                )
+                .await?
+            }
             VersionsCmd::Delete { reference, reason } => {
                 ctx.delete_version(reference, reason).await?
             }
@@ -538,7 +674,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::History { name, limit } => ctx.history(name, limit).await?,
         Command::Watch { from, model } => return ctx.watch(from, model).await,
-        Command::Train(_) | Command::Retrain { .. } | Command::Jobs(_) => {
+        Command::Rollback {
+            name,
+            alias,
+            reason,
+        } => ctx.rollback(name, alias, reason).await?,
+        Command::Policy(PolicyCmd::Set {
+            name,
+            weights,
+            shadow,
+            reason,
+        }) => ctx.set_policy(name, weights, shadow, reason).await?,
+        Command::Policy(PolicyCmd::Clear { name, reason }) => {
+            ctx.set_policy(name, Vec::new(), 0, reason).await?
+        }
+        Command::Train(_)
+        | Command::Retrain { .. }
+        | Command::Jobs(_)
+        | Command::Predict { .. }
+        | Command::Served => {
             unreachable!("handled above")
         }
     }

@@ -6,7 +6,9 @@ use std::fmt::Display;
 use std::io::{self, Write};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use evergreen_proto::v1::{Alias, Event, EventKind, Model, ModelVersion, VersionStatus};
+use evergreen_proto::v1::{
+    Alias, Event, EventKind, Model, ModelVersion, TrafficPolicy, VersionStatus,
+};
 use evergreen_proto::Timestamp;
 use serde_json::{json, Map, Value};
 
@@ -227,9 +229,31 @@ pub fn model_json(m: &Model) -> Value {
         "tags": string_map(&m.tags),
         "latest_version": m.latest_version,
         "aliases": number_map(&m.aliases),
+        "policy": m.policy.as_ref().map(policy_json),
         "created_at": rfc3339(m.created_at.as_ref()),
         "updated_at": rfc3339(m.updated_at.as_ref()),
     })
+}
+
+pub fn policy_json(p: &TrafficPolicy) -> Value {
+    json!({
+        "weights": p.weights.iter().map(|w| json!({"version": w.version, "weight": w.weight})).collect::<Vec<_>>(),
+        "shadow_version": p.shadow_version,
+    })
+}
+
+/// `3=90 4=10, shadow 5`.
+pub fn policy_text(p: &Option<TrafficPolicy>) -> String {
+    let Some(p) = p else { return String::new() };
+    let mut parts: Vec<String> = p
+        .weights
+        .iter()
+        .map(|w| format!("{}={}", w.version, w.weight))
+        .collect();
+    if p.shadow_version > 0 {
+        parts.push(format!("shadow {}", p.shadow_version));
+    }
+    parts.join(" ")
 }
 
 pub fn print_model(m: &Model) {
@@ -238,6 +262,7 @@ pub fn print_model(m: &Model) {
         ("description", m.description.clone()),
         ("latest version", m.latest_version.to_string()),
         ("aliases", pairs(&m.aliases)),
+        ("traffic policy", policy_text(&m.policy)),
         ("tags", pairs(&m.tags)),
         (
             "created",
@@ -294,6 +319,8 @@ pub fn version_json(v: &ModelVersion) -> Value {
         "version": v.version,
         "status": status_name(v.status),
         "status_reason": v.status_reason,
+        "sunset_at": rfc3339(v.sunset_at.as_ref()),
+        "replacement_version": (v.replacement_version > 0).then_some(v.replacement_version),
         "sha256": artifact.sha256,
         "size_bytes": artifact.size_bytes,
         "aliases": v.aliases,
@@ -313,6 +340,15 @@ pub fn print_version(v: &ModelVersion) {
     let mut status = status_name(v.status);
     if !v.status_reason.is_empty() {
         status = format!("{status} ({})", v.status_reason);
+    }
+    if let Some(t) = rfc3339(v.sunset_at.as_ref()) {
+        status = format!("{status}, sunset {t}");
+    }
+    if v.replacement_version > 0 {
+        status = format!(
+            "{status}, replaced by {}/{}",
+            v.model, v.replacement_version
+        );
     }
     let mut fields = vec![
         ("model", v.model.clone()),

@@ -9,6 +9,12 @@ pub mod v1 {
     tonic::include_proto!("evergreen.v1");
 }
 
+/// Package `inference`: the Open Inference Protocol V2 (KServe / Triton).
+pub mod inference {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("inference");
+}
+
 /// Encoded `google.protobuf.FileDescriptorSet` of every Evergreen proto file
 /// (plus the well-known types they import), for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

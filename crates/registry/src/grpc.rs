@@ -12,8 +12,9 @@ use evergreen_proto::v1::{
     DeleteModelRequest, DeleteModelResponse, DeleteVersionRequest, DeleteVersionResponse,
     DownloadArtifactRequest, GetModelRequest, GetVersionRequest, HistoryRequest, HistoryResponse,
     ListModelsRequest, ListModelsResponse, ListVersionsRequest, ListVersionsResponse, Model,
-    ModelVersion, RegisterVersionRequest, SetAliasRequest, SetVersionStatusRequest,
-    UpdateModelRequest, VersionRef, VersionStatus, WatchRequest, WatchResponse,
+    ModelVersion, RegisterVersionRequest, RollbackAliasRequest, SetAliasRequest,
+    SetTrafficPolicyRequest, SetVersionStatusRequest, UpdateModelRequest, VersionRef,
+    VersionStatus, WatchRequest, WatchResponse,
 };
 use futures::{Stream, StreamExt};
 use tokio::io::AsyncReadExt;
@@ -23,7 +24,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::error::RegistryError;
 use crate::names::{Selector, VersionSpec};
-use crate::service::{Caller, Registry};
+use crate::service::{Caller, Deprecation, Registry};
 use crate::watch::WatchItem;
 
 const DOWNLOAD_CHUNK: usize = 64 * 1024;
@@ -260,9 +261,13 @@ impl RegistryApi for RegistryGrpc {
         })?;
         let spec = spec(r.r#ref)?;
         let c = caller(&meta, r.reason);
+        let deprecation = Deprecation {
+            sunset_at: r.sunset_at,
+            replacement_version: r.replacement_version,
+        };
         Ok(Response::new(
             self.registry
-                .set_version_status(c, spec, status)
+                .set_version_status(c, spec, status, deprecation)
                 .await
                 .map_err(to_status)?,
         ))
@@ -291,6 +296,34 @@ impl RegistryApi for RegistryGrpc {
             .await
             .map_err(to_status)?;
         Ok(Response::new(a))
+    }
+
+    async fn rollback_alias(
+        &self,
+        req: Request<RollbackAliasRequest>,
+    ) -> Result<Response<Alias>, Status> {
+        let (meta, _, r) = req.into_parts();
+        let c = caller(&meta, r.reason);
+        let a = self
+            .registry
+            .rollback_alias(c, r.model, r.alias)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(a))
+    }
+
+    async fn set_traffic_policy(
+        &self,
+        req: Request<SetTrafficPolicyRequest>,
+    ) -> Result<Response<Model>, Status> {
+        let (meta, _, r) = req.into_parts();
+        let c = caller(&meta, r.reason);
+        let m = self
+            .registry
+            .set_traffic_policy(c, r.model, r.policy.unwrap_or_default())
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(m))
     }
 
     async fn delete_alias(

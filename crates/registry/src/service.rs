@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use evergreen_proto::v1::{
-    Alias, ArtifactRef, Event, EventKind, Model, ModelVersion, UpdateModelRequest, VersionHeader,
-    VersionStatus,
+    Alias, ArtifactRef, Event, EventKind, Model, ModelVersion, TrafficPolicy, UpdateModelRequest,
+    VersionHeader, VersionStatus,
 };
 use futures::{Stream, StreamExt};
 use serde_json::json;
@@ -19,6 +19,41 @@ use crate::error::{RegistryError, Result};
 use crate::names::{validate_alias, validate_name, VersionSpec};
 use crate::store::{abort, aliases_of, now, status_name, version_status, Change, Store, TxResult};
 use crate::watch::{self, WatchItem};
+
+/// Deprecation details given with a move to DEPRECATED.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Deprecation {
+    pub sunset_at: Option<evergreen_proto::Timestamp>,
+    pub replacement_version: u64,
+}
+
+/// Most weighted versions a traffic policy may name.
+pub const MAX_POLICY_WEIGHTS: usize = 16;
+
+fn policy_json(p: &Option<TrafficPolicy>) -> serde_json::Value {
+    match p {
+        None => json!(null),
+        Some(p) => json!({
+            "weights": p.weights.iter().map(|w| json!({"version": w.version, "weight": w.weight})).collect::<Vec<_>>(),
+            "shadow_version": p.shadow_version,
+        }),
+    }
+}
+
+/// Versions a policy sends traffic to (weight > 0) or shadows.
+fn policy_versions(p: &Option<TrafficPolicy>) -> Vec<u64> {
+    let Some(p) = p else { return Vec::new() };
+    let mut v: Vec<u64> = p
+        .weights
+        .iter()
+        .filter(|w| w.weight > 0)
+        .map(|w| w.version)
+        .collect();
+    if p.shadow_version > 0 {
+        v.push(p.shadow_version);
+    }
+    v
+}
 
 /// Who is asking and why: recorded in the audit trail of every mutation.
 #[derive(Debug, Clone)]
@@ -97,6 +132,7 @@ impl Registry {
                     updated_at: Some(t),
                     latest_version: tx.last_version(&name)?,
                     aliases: HashMap::new(),
+                    policy: None,
                 };
                 tx.put_model(&model)?;
                 tx.record(Change {
@@ -272,6 +308,8 @@ impl Registry {
                     created_at: Some(now()),
                     created_by: tx.actor().to_string(),
                     aliases: Vec::new(),
+                    sunset_at: None,
+                    replacement_version: 0,
                 };
                 tx.put_version(&version)?;
                 model.latest_version = number;
@@ -321,10 +359,16 @@ impl Registry {
         caller: Caller,
         spec: VersionSpec,
         status: VersionStatus,
+        deprecation: Deprecation,
     ) -> Result<ModelVersion> {
         if matches!(status, VersionStatus::Unspecified) {
             return Err(RegistryError::InvalidArgument(
                 "status is required: expected ACTIVE, DEPRECATED or RETIRED".into(),
+            ));
+        }
+        if status != VersionStatus::Deprecated && deprecation != Deprecation::default() {
+            return Err(RegistryError::InvalidArgument(
+                "sunset_at and replacement_version only go with status DEPRECATED".into(),
             ));
         }
         let (_, number) = self.store.resolve(&spec)?;
@@ -335,7 +379,10 @@ impl Registry {
                 let mut version = tx.version(&name, number)?;
                 version.aliases = aliases_of(&model, number);
                 let from = version_status(&version);
-                if from == status {
+                let same_details = version.sunset_at == deprecation.sunset_at
+                    && version.replacement_version == deprecation.replacement_version
+                    && version.status_reason == caller.reason;
+                if from == status && (status != VersionStatus::Deprecated || same_details) {
                     return Ok(version); // nothing to change, nothing to record
                 }
                 let allowed = allowed_transitions(from);
@@ -361,9 +408,31 @@ impl Registry {
                                 "cannot retire {name}/{number}: alias(es) {pointing:?} still point at it; move them first"
                             )));
                     }
+                    if policy_versions(&model.policy).contains(&number) {
+                        return abort(RegistryError::FailedPrecondition(format!(
+                            "cannot retire {name}/{number}: the traffic policy still sends it traffic (weight or shadow); change the policy first"
+                        )));
+                    }
+                }
+                if deprecation.replacement_version > 0 {
+                    let r = deprecation.replacement_version;
+                    if r == number {
+                        return abort(RegistryError::InvalidArgument(format!(
+                            "replacement_version {r}: a version cannot replace itself"
+                        )));
+                    }
+                    let replacement = tx.version(&name, r)?;
+                    if matches!(version_status(&replacement), VersionStatus::Retired | VersionStatus::Archived) {
+                        return abort(RegistryError::FailedPrecondition(format!(
+                            "replacement {name}/{r} is {}; name an ACTIVE version",
+                            status_name(version_status(&replacement))
+                        )));
+                    }
                 }
                 version.status = status as i32;
                 version.status_reason = caller.reason.clone();
+                version.sunset_at = deprecation.sunset_at;
+                version.replacement_version = deprecation.replacement_version;
                 tx.put_version(&version)?;
                 tx.record(Change {
                     kind: EventKind::VersionStatusChanged,
@@ -493,6 +562,114 @@ impl Registry {
                     before: json!({"version": current}),
                     after: json!(null),
                 })
+            })
+            .await
+    }
+
+    /// Moves `alias` back to the target it had before its current one, as
+    /// the audit trail records it; a compare-and-set on the current target.
+    pub async fn rollback_alias(
+        &self,
+        caller: Caller,
+        model: String,
+        alias: String,
+    ) -> Result<Alias> {
+        validate_name("model name", &model)?;
+        validate_alias(&alias)?;
+        let m = self.store.get_model(&model)?;
+        let Some(current) = m.aliases.get(&alias).copied() else {
+            return Err(RegistryError::AliasNotFound { model, alias });
+        };
+        // The newest ALIAS_SET that put the alias on its current target.
+        let history = self.store.history(&model, 0)?;
+        let previous = history
+            .iter()
+            .rev()
+            .find(|e| {
+                e.kind == EventKind::AliasSet as i32 && e.alias == alias && e.version == current
+            })
+            .and_then(|e| serde_json::from_str::<serde_json::Value>(&e.before).ok())
+            .and_then(|b| b["version"].as_u64());
+        let Some(previous) = previous else {
+            return Err(RegistryError::FailedPrecondition(format!(
+                "{model}@{alias} has no previous target to roll back to (it was first set to {current})"
+            )));
+        };
+        let reason = if caller.reason.is_empty() {
+            format!("rollback from {current} to {previous}")
+        } else {
+            format!("rollback from {current} to {previous}: {}", caller.reason)
+        };
+        self.set_alias(
+            Caller { reason, ..caller },
+            model,
+            alias,
+            previous,
+            Some(current),
+        )
+        .await
+    }
+
+    /// Replaces the model's traffic policy (empty = clear).
+    pub async fn set_traffic_policy(
+        &self,
+        caller: Caller,
+        model: String,
+        policy: TrafficPolicy,
+    ) -> Result<Model> {
+        validate_name("model name", &model)?;
+        if policy.weights.len() > MAX_POLICY_WEIGHTS {
+            return Err(RegistryError::InvalidArgument(format!(
+                "policy has {} weights; expected at most {MAX_POLICY_WEIGHTS}",
+                policy.weights.len()
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for w in &policy.weights {
+            if w.version == 0 || !seen.insert(w.version) {
+                return Err(RegistryError::InvalidArgument(format!(
+                    "policy weights: version {} is zero or listed twice; expected distinct version numbers",
+                    w.version
+                )));
+            }
+        }
+        if !policy.weights.is_empty() && policy.weights.iter().all(|w| w.weight == 0) {
+            return Err(RegistryError::InvalidArgument(
+                "policy weights are all 0: expected at least one positive weight (or no weights to clear)".into(),
+            ));
+        }
+        let cleared = policy.weights.is_empty() && policy.shadow_version == 0;
+        self.store
+            .mutate(&caller.actor, move |tx| {
+                let mut m = tx.existing_model(&model)?;
+                let new = (!cleared).then(|| policy.clone());
+                for v in policy_versions(&new) {
+                    let target = tx.version(&model, v)?;
+                    let status = version_status(&target);
+                    if matches!(status, VersionStatus::Retired | VersionStatus::Archived) {
+                        return abort(RegistryError::FailedPrecondition(format!(
+                            "cannot send traffic to {model}/{v}: it is {}; reactivate it first",
+                            status_name(status)
+                        )));
+                    }
+                }
+                if m.policy == new {
+                    return Ok(m);
+                }
+                let before = policy_json(&m.policy);
+                m.policy = new;
+                m.updated_at = Some(now());
+                tx.put_model(&m)?;
+                tx.record(Change {
+                    kind: EventKind::PolicySet,
+                    model: &model,
+                    version: 0,
+                    alias: "",
+                    reason: &caller.reason,
+                    before,
+                    after: policy_json(&m.policy),
+                })?;
+                Ok(m)
             })
             .await
     }

@@ -1,1 +1,114 @@
-//! Evergreen server daemon — arrives with its own issue (see ARCHITECTURE.md).
+//! Evergreen's prediction server: serves every model's production alias (and
+//! whatever else is configured or asked for), follows the registry's Watch
+//! stream to hot-swap a model the moment it is promoted, splits traffic by
+//! the model's policy (canary weights, shadow), and speaks both its own
+//! `evergreen.v1.Predictor` API and the Open Inference Protocol V2.
+//!
+//! Code map: `catalog` (the immutable snapshot requests resolve against),
+//! `syncer` (registry → catalog: list, watch, load, swap), `serve` (route,
+//! score, log, shadow), `log` (prediction log to the monitor), `grpc`
+//! (Predictor adapter, `to_status`), `v2` (Open Inference Protocol
+//! adapter), `config`, `error`.
+
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod log;
+pub mod serve;
+pub mod syncer;
+pub mod v2;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use evergreen_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use evergreen_proto::v1::predictor_server::PredictorServer;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tonic::service::RoutesBuilder;
+use tonic::transport::Channel;
+
+pub use crate::config::ServerConfig;
+use crate::grpc::PredictorGrpc;
+use crate::v2::V2Grpc;
+
+fn lazy_channel(url: &str, what: &str) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(url.to_string())
+        .map_err(|e| anyhow::anyhow!("invalid server.{what} {url:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// Runs the server on `listener` until `shutdown` resolves. Health reports
+/// NOT_SERVING until the initial catalog is loaded.
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let config = Arc::new(config);
+    let catalog = Arc::new(ArcSwap::from_pointee(catalog::Catalog::default()));
+    let registry = lazy_channel(&config.registry_url, "registry_url")?;
+    let log = if config.monitor_url.is_empty() {
+        None
+    } else {
+        Some(log::LogShipper::start(
+            lazy_channel(&config.monitor_url, "monitor_url")?,
+            &config.log,
+        ))
+    };
+    let (on_demand_tx, on_demand_rx) = mpsc::channel(64);
+    let (ready_tx, mut ready_rx) = watch::channel(false);
+    let syncer = syncer::Syncer::new(registry, catalog.clone(), config.clone(), ready_tx);
+    let sync_task = tokio::spawn(syncer.run(on_demand_rx));
+    let server = Arc::new(serve::Server::new(
+        catalog,
+        config.clone(),
+        on_demand_tx,
+        log,
+    ));
+
+    let (health_reporter, health) = evergreen_runtime::tonic_health::server::health_reporter();
+    health_reporter
+        .set_not_serving::<PredictorServer<PredictorGrpc>>()
+        .await;
+    health_reporter
+        .set_not_serving::<GrpcInferenceServiceServer<V2Grpc>>()
+        .await;
+    health_reporter
+        .set_service_status(
+            "",
+            evergreen_runtime::tonic_health::ServingStatus::NotServing,
+        )
+        .await;
+    tokio::spawn(async move {
+        if ready_rx.wait_for(|r| *r).await.is_ok() {
+            health_reporter
+                .set_serving::<PredictorServer<PredictorGrpc>>()
+                .await;
+            health_reporter
+                .set_serving::<GrpcInferenceServiceServer<V2Grpc>>()
+                .await;
+            health_reporter
+                .set_service_status("", evergreen_runtime::tonic_health::ServingStatus::Serving)
+                .await;
+        }
+    });
+
+    let mut routes = RoutesBuilder::default();
+    routes
+        .add_service(health)
+        .add_service(PredictorGrpc::server(server.clone()))
+        .add_service(V2Grpc::server(server.clone()));
+    tracing::info!(addr = %listener.local_addr()?, registry = %config.registry_url, "server listening (NOT_SERVING until models are loaded)");
+    let served = evergreen_runtime::serve(listener, routes, shutdown).await;
+    drop(server); // closes the on-demand channel: the syncer stops
+    sync_task.abort();
+    tracing::info!("server stopped");
+    served
+}
