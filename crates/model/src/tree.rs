@@ -20,27 +20,30 @@ use serde::{Deserialize, Serialize};
 use crate::error::FitError;
 use crate::rng::Rng;
 
-const LEAF: u32 = u32::MAX;
+/// Marks a child reference as a leaf index (into `Tree::values`).
+const LEAF_BIT: u32 = 1 << 31;
 pub const MAX_BINS: usize = 256;
 
+/// An internal node: 16 bytes, so trees stay dense in cache on the
+/// serving path. Leaves are not nodes: a child reference with `LEAF_BIT`
+/// set indexes the leaf values instead.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Node {
-    /// Go left when `x[feature] <= threshold`.
-    pub threshold: f64,
-    /// Feature tested, or `LEAF`.
+    /// Go left when `x[feature] <= threshold`. Thresholds are f32 values
+    /// (as in scikit-learn) chosen during binning so that they separate the
+    /// training values exactly as the f64 comparison during fitting did.
+    pub threshold: f32,
     pub feature: u32,
-    /// Left child (the right child is `left + 1`), or for a leaf the offset
-    /// of its values in `Tree::values`. 16 bytes a node keeps trees dense in
-    /// cache on the serving path.
     pub left: u32,
+    pub right: u32,
 }
 
-/// A fitted tree in flat form: children always come after their parent and
-/// are adjacent, which artifact validation checks so traversal always ends.
+/// A fitted tree: internal nodes (root first; children always after their
+/// parent, which artifact validation checks so traversal always ends) and
+/// `n_outputs` class probabilities per leaf. No nodes = a single leaf.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tree {
     pub nodes: Vec<Node>,
-    /// Class probabilities per leaf, `n_outputs` each.
     pub values: Vec<f32>,
     pub n_outputs: u32,
 }
@@ -49,51 +52,105 @@ impl Tree {
     /// The leaf values for `x`.
     #[inline]
     pub fn leaf(&self, x: &[f64]) -> &[f32] {
+        let n_out = self.n_outputs as usize;
+        if self.nodes.is_empty() {
+            return &self.values[..n_out];
+        }
         let mut i = 0usize;
         loop {
             let n = &self.nodes[i];
-            if n.feature == LEAF {
-                let at = n.left as usize;
-                return &self.values[at..at + self.n_outputs as usize];
+            let c = if x[n.feature as usize] <= n.threshold as f64 { n.left } else { n.right };
+            if c & LEAF_BIT != 0 {
+                let at = (c & !LEAF_BIT) as usize * n_out;
+                return &self.values[at..at + n_out];
             }
-            i = n.left as usize + usize::from(x[n.feature as usize] > n.threshold);
+            i = c as usize;
         }
     }
 
     pub fn n_leaves(&self) -> usize {
-        self.nodes.iter().filter(|n| n.feature == LEAF).count()
+        self.values.len() / (self.n_outputs as usize).max(1)
     }
 
     pub fn depth(&self) -> usize {
-        fn walk(t: &Tree, i: usize) -> usize {
-            let n = &t.nodes[i];
-            if n.feature == LEAF {
-                0
-            } else {
-                1 + walk(t, n.left as usize).max(walk(t, n.left as usize + 1))
+        fn walk(t: &Tree, c: u32) -> usize {
+            if c & LEAF_BIT != 0 {
+                return 0;
             }
+            let n = &t.nodes[c as usize];
+            1 + walk(t, n.left).max(walk(t, n.right))
         }
-        walk(self, 0)
+        if self.nodes.is_empty() {
+            0
+        } else {
+            walk(self, 0)
+        }
     }
 
     pub(crate) fn validate(&self, width: usize, n_outputs: usize) -> Result<(), String> {
-        if self.nodes.is_empty() || self.n_outputs as usize != n_outputs {
-            return Err("tree is empty or has the wrong output width".into());
+        if n_outputs == 0 || self.n_outputs as usize != n_outputs || self.values.len() % n_outputs != 0 {
+            return Err("tree has the wrong output width".into());
+        }
+        let leaves = self.values.len() / n_outputs;
+        if leaves == 0 || (self.nodes.is_empty() && leaves != 1) {
+            return Err("tree has no leaves or stray leaves".into());
         }
         for (i, n) in self.nodes.iter().enumerate() {
-            if n.feature == LEAF {
-                if n.left as usize + n_outputs > self.values.len() {
-                    return Err(format!("tree leaf {i} points outside its values"));
+            let ok_child = |c: u32| {
+                if c & LEAF_BIT != 0 {
+                    ((c & !LEAF_BIT) as usize) < leaves
+                } else {
+                    c as usize > i && (c as usize) < self.nodes.len()
                 }
-            } else if n.feature as usize >= width
-                || n.left as usize <= i
-                || n.left as usize + 1 >= self.nodes.len()
-            {
+            };
+            if n.feature as usize >= width || !ok_child(n.left) || !ok_child(n.right) {
                 return Err(format!("tree node {i} has an invalid feature or child"));
             }
         }
         Ok(())
     }
+}
+
+/// A node while growing: leaves included, children adjacent
+/// (`left`, `left + 1`); `finish` turns the result into a `Tree`.
+#[derive(Clone, Copy)]
+struct Entry {
+    threshold: f64,
+    feature: u32,
+    /// Left child entry, or for a leaf the offset of its values.
+    left: u32,
+    leaf: bool,
+}
+
+fn finish(entries: &[Entry], grown: &[f32], n_out: usize) -> Tree {
+    let mut tree = Tree { nodes: Vec::new(), values: Vec::new(), n_outputs: n_out as u32 };
+    let leaf_values = |e: &Entry| &grown[e.left as usize..e.left as usize + n_out];
+    if entries[0].leaf {
+        tree.values.extend_from_slice(leaf_values(&entries[0]));
+        return tree;
+    }
+    tree.nodes.push(Node { threshold: 0.0, feature: 0, left: 0, right: 0 });
+    let mut stack = vec![(0usize, 0usize)];
+    while let Some((e, at)) = stack.pop() {
+        let entry = entries[e];
+        let mut child = |ce: usize, tree: &mut Tree, stack: &mut Vec<(usize, usize)>| -> u32 {
+            let c = &entries[ce];
+            if c.leaf {
+                let li = tree.values.len() / n_out;
+                tree.values.extend_from_slice(leaf_values(c));
+                li as u32 | LEAF_BIT
+            } else {
+                let ni = tree.nodes.len();
+                tree.nodes.push(Node { threshold: 0.0, feature: 0, left: 0, right: 0 });
+                stack.push((ce, ni));
+                ni as u32
+            }
+        };
+        let left = child(entry.left as usize, &mut tree, &mut stack);
+        let right = child(entry.left as usize + 1, &mut tree, &mut stack);
+        tree.nodes[at] = Node { threshold: entry.threshold as f32, feature: entry.feature, left, right };
+    }
+    tree
 }
 
 /// Features considered at each split.
@@ -244,7 +301,7 @@ impl Binned {
                 let mut distinct = sorted.clone();
                 distinct.dedup();
                 let thresholds: Vec<f64> = if distinct.len() <= max_bins {
-                    distinct.windows(2).map(|w| midpoint(w[0], w[1])).collect()
+                    distinct.windows(2).filter_map(|w| cut(w[0], w[1])).collect()
                 } else {
                     // Quantile cut points, then midpoints to the next
                     // distinct value so no bin boundary splits equal values.
@@ -253,9 +310,10 @@ impl Binned {
                         let v = sorted[q * (n_rows - 1) / max_bins];
                         let next = distinct.partition_point(|d| *d <= v);
                         if next < distinct.len() {
-                            let cut = midpoint(v, distinct[next]);
-                            if t.last().is_none_or(|l| *l < cut) {
-                                t.push(cut);
+                            if let Some(c) = cut(v, distinct[next]) {
+                                if t.last().is_none_or(|l| *l < c) {
+                                    t.push(c);
+                                }
                             }
                         }
                     }
@@ -290,14 +348,27 @@ impl Binned {
     }
 }
 
-fn midpoint(a: f64, b: f64) -> f64 {
-    let m = a + (b - a) / 2.0;
-    // Guard against rounding up to `b` for adjacent floats.
-    if m >= b {
-        a
-    } else {
-        m
+/// A split point between distinct values `a < b`: an f32 value `t` with
+/// `a <= t < b`, near the midpoint, or `None` if no f32 lies between them
+/// (then `a` and `b` share a bin). f32 keeps nodes small; choosing it here
+/// means serving compares exactly as fitting did.
+fn cut(a: f64, b: f64) -> Option<f64> {
+    fn up(t: f32) -> f32 {
+        if t.is_nan() || t == f32::INFINITY {
+            t
+        } else if t == 0.0 {
+            f32::from_bits(1)
+        } else if t > 0.0 {
+            f32::from_bits(t.to_bits() + 1)
+        } else {
+            f32::from_bits(t.to_bits() - 1)
+        }
     }
+    let m = (a + (b - a) / 2.0) as f32;
+    [m, up(m), -up(-m)]
+        .into_iter()
+        .map(f64::from)
+        .find(|t| a <= *t && *t < b)
 }
 
 struct Split {
@@ -325,20 +396,14 @@ pub fn grow_tree(
     for &r in &rows {
         root_counts[y[r as usize] as usize] += weight[r as usize] as u64;
     }
-    let mut tree = Tree {
-        nodes: Vec::new(),
-        values: Vec::new(),
-        n_outputs: n_classes as u32,
-    };
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut grown: Vec<f32> = Vec::new();
+    let blank = Entry { threshold: 0.0, feature: 0, left: 0, leaf: true };
     let mut features: Vec<usize> = (0..n_features).collect();
     let mut hist = vec![0u64; MAX_BINS * n_classes];
     // (node index, rows start, rows end, depth, class counts)
     let mut stack = vec![(0usize, 0usize, rows.len(), 0usize, root_counts)];
-    tree.nodes.push(Node {
-        feature: LEAF,
-        threshold: 0.0,
-        left: 0,
-    });
+    entries.push(blank);
     while let Some((id, start, end, depth, counts)) = stack.pop() {
         let total: u64 = counts.iter().sum();
         let pure = counts.iter().filter(|c| **c > 0).count() <= 1;
@@ -363,14 +428,10 @@ pub fn grow_tree(
             )
         };
         let Some(split) = split else {
-            let at = tree.values.len() as u32;
+            let at = grown.len() as u32;
             let t = total.max(1) as f32;
-            tree.values.extend(counts.iter().map(|c| *c as f32 / t));
-            tree.nodes[id] = Node {
-                feature: LEAF,
-                threshold: 0.0,
-                left: at,
-            };
+            grown.extend(counts.iter().map(|c| *c as f32 / t));
+            entries[id] = Entry { left: at, ..blank };
             continue;
         };
         // Partition rows[start..end]: left = bin <= split.bin.
@@ -392,24 +453,20 @@ pub fn grow_tree(
             .zip(&split.left_counts)
             .map(|(c, l)| c - l)
             .collect();
-        let left_id = tree.nodes.len();
+        let left_id = entries.len();
         let right_id = left_id + 1;
-        for _ in 0..2 {
-            tree.nodes.push(Node {
-                feature: LEAF,
-                threshold: 0.0,
-                left: 0,
-            });
-        }
-        tree.nodes[id] = Node {
-            feature: split.feature as u32,
+        entries.push(blank);
+        entries.push(blank);
+        entries[id] = Entry {
             threshold: data.thresholds[split.feature][split.bin as usize],
+            feature: split.feature as u32,
             left: left_id as u32,
+            leaf: false,
         };
         stack.push((right_id, mid, end, depth + 1, right_counts));
         stack.push((left_id, start, mid, depth + 1, split.left_counts));
     }
-    tree
+    finish(&entries, &grown, n_classes)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -710,6 +767,7 @@ mod tests {
             assert_eq!(p[*label], 1.0);
         }
         assert_eq!(t.nodes[0].threshold, 0.5);
+        assert!(t.nodes.iter().all(|n| n.left != n.right));
         assert!(t.validate(3, 2).is_ok());
     }
 
@@ -779,7 +837,20 @@ mod tests {
     }
 
     #[test]
+    fn cuts_are_f32_values_that_separate_their_neighbours() {
+        assert_eq!(cut(0.0, 1.0), Some(0.5));
+        let (a, b) = (1.000_000_01_f64, 1.000_000_02_f64); // no f32 in between
+        assert_eq!(cut(a, b), None);
+        let (a, b) = (0.1_f64, 0.100_001_f64);
+        let t = cut(a, b).unwrap();
+        assert!(a <= t && t < b && (t as f32) as f64 == t);
+        let t = cut(-3.3, -3.2).unwrap();
+        assert!((-3.3..-3.2).contains(&t));
+    }
+
+    #[test]
     fn binning_is_exact_for_few_distinct_values_and_bounded_otherwise() {
+
         let x = Array2::from_shape_fn(
             (1000, 2),
             |(i, j)| if j == 0 { (i % 3) as f64 } else { i as f64 },
