@@ -40,7 +40,9 @@ pub struct Node {
 
 /// A fitted tree: internal nodes (root first; children always after their
 /// parent, which artifact validation checks so traversal always ends) and
-/// `n_outputs` class probabilities per leaf. No nodes = a single leaf.
+/// the distinct leaf distributions (`n_outputs` class probabilities each;
+/// leaves with the same distribution — most leaves of a fully grown tree
+/// are pure — share one entry). No nodes = a single leaf.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tree {
     pub nodes: Vec<Node>,
@@ -59,7 +61,11 @@ impl Tree {
         let mut i = 0usize;
         loop {
             let n = &self.nodes[i];
-            let c = if x[n.feature as usize] <= n.threshold as f64 { n.left } else { n.right };
+            let c = if x[n.feature as usize] <= n.threshold as f64 {
+                n.left
+            } else {
+                n.right
+            };
             if c & LEAF_BIT != 0 {
                 let at = (c & !LEAF_BIT) as usize * n_out;
                 return &self.values[at..at + n_out];
@@ -69,7 +75,14 @@ impl Tree {
     }
 
     pub fn n_leaves(&self) -> usize {
-        self.values.len() / (self.n_outputs as usize).max(1)
+        if self.nodes.is_empty() {
+            return 1;
+        }
+        let leaf = |c: u32| usize::from(c & LEAF_BIT != 0);
+        self.nodes
+            .iter()
+            .map(|n| leaf(n.left) + leaf(n.right))
+            .sum()
     }
 
     pub fn depth(&self) -> usize {
@@ -88,7 +101,10 @@ impl Tree {
     }
 
     pub(crate) fn validate(&self, width: usize, n_outputs: usize) -> Result<(), String> {
-        if n_outputs == 0 || self.n_outputs as usize != n_outputs || self.values.len() % n_outputs != 0 {
+        if n_outputs == 0
+            || self.n_outputs as usize != n_outputs
+            || self.values.len() % n_outputs != 0
+        {
             return Err("tree has the wrong output width".into());
         }
         let leaves = self.values.len() / n_outputs;
@@ -123,32 +139,57 @@ struct Entry {
 }
 
 fn finish(entries: &[Entry], grown: &[f32], n_out: usize) -> Tree {
-    let mut tree = Tree { nodes: Vec::new(), values: Vec::new(), n_outputs: n_out as u32 };
+    let mut tree = Tree {
+        nodes: Vec::new(),
+        values: Vec::new(),
+        n_outputs: n_out as u32,
+    };
+    let mut palette: std::collections::HashMap<Vec<u32>, u32> = std::collections::HashMap::new();
     let leaf_values = |e: &Entry| &grown[e.left as usize..e.left as usize + n_out];
     if entries[0].leaf {
         tree.values.extend_from_slice(leaf_values(&entries[0]));
         return tree;
     }
-    tree.nodes.push(Node { threshold: 0.0, feature: 0, left: 0, right: 0 });
+    tree.nodes.push(Node {
+        threshold: 0.0,
+        feature: 0,
+        left: 0,
+        right: 0,
+    });
     let mut stack = vec![(0usize, 0usize)];
     while let Some((e, at)) = stack.pop() {
         let entry = entries[e];
         let mut child = |ce: usize, tree: &mut Tree, stack: &mut Vec<(usize, usize)>| -> u32 {
             let c = &entries[ce];
             if c.leaf {
-                let li = tree.values.len() / n_out;
-                tree.values.extend_from_slice(leaf_values(c));
-                li as u32 | LEAF_BIT
+                let v = leaf_values(c);
+                let key: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
+                let next = (tree.values.len() / n_out) as u32;
+                let li = *palette.entry(key).or_insert_with(|| {
+                    tree.values.extend_from_slice(v);
+                    next
+                });
+                li | LEAF_BIT
             } else {
                 let ni = tree.nodes.len();
-                tree.nodes.push(Node { threshold: 0.0, feature: 0, left: 0, right: 0 });
+                tree.nodes.push(Node {
+                    threshold: 0.0,
+                    feature: 0,
+                    left: 0,
+                    right: 0,
+                });
                 stack.push((ce, ni));
                 ni as u32
             }
         };
         let left = child(entry.left as usize, &mut tree, &mut stack);
         let right = child(entry.left as usize + 1, &mut tree, &mut stack);
-        tree.nodes[at] = Node { threshold: entry.threshold as f32, feature: entry.feature, left, right };
+        tree.nodes[at] = Node {
+            threshold: entry.threshold as f32,
+            feature: entry.feature,
+            left,
+            right,
+        };
     }
     tree
 }
@@ -301,7 +342,10 @@ impl Binned {
                 let mut distinct = sorted.clone();
                 distinct.dedup();
                 let thresholds: Vec<f64> = if distinct.len() <= max_bins {
-                    distinct.windows(2).filter_map(|w| cut(w[0], w[1])).collect()
+                    distinct
+                        .windows(2)
+                        .filter_map(|w| cut(w[0], w[1]))
+                        .collect()
                 } else {
                     // Quantile cut points, then midpoints to the next
                     // distinct value so no bin boundary splits equal values.
@@ -398,7 +442,12 @@ pub fn grow_tree(
     }
     let mut entries: Vec<Entry> = Vec::new();
     let mut grown: Vec<f32> = Vec::new();
-    let blank = Entry { threshold: 0.0, feature: 0, left: 0, leaf: true };
+    let blank = Entry {
+        threshold: 0.0,
+        feature: 0,
+        left: 0,
+        leaf: true,
+    };
     let mut features: Vec<usize> = (0..n_features).collect();
     let mut hist = vec![0u64; MAX_BINS * n_classes];
     // (node index, rows start, rows end, depth, class counts)
@@ -664,9 +713,42 @@ impl Forest {
     #[inline]
     pub fn predict_into(&self, x: &[f64], out: &mut [f64]) {
         out.fill(0.0);
-        for t in &self.trees {
-            for (o, v) in out.iter_mut().zip(t.leaf(x)) {
-                *o += *v as f64;
+        // Walk LANES trees in lockstep: their node loads are independent,
+        // so the CPU overlaps the cache misses instead of waiting on each.
+        const LANES: usize = 8;
+        for group in self.trees.chunks(LANES) {
+            let mut cur = [LEAF_BIT; LANES];
+            let mut walking = 0;
+            for (k, t) in group.iter().enumerate() {
+                if !t.nodes.is_empty() {
+                    cur[k] = 0;
+                    walking += 1;
+                }
+            }
+            while walking > 0 {
+                for (k, t) in group.iter().enumerate() {
+                    let c = cur[k];
+                    if c & LEAF_BIT != 0 {
+                        continue;
+                    }
+                    let n = &t.nodes[c as usize];
+                    let next = if x[n.feature as usize] <= n.threshold as f64 {
+                        n.left
+                    } else {
+                        n.right
+                    };
+                    cur[k] = next;
+                    if next & LEAF_BIT != 0 {
+                        walking -= 1;
+                    }
+                }
+            }
+            for (k, t) in group.iter().enumerate() {
+                let n_out = t.n_outputs as usize;
+                let at = (cur[k] & !LEAF_BIT) as usize * n_out;
+                for (o, v) in out.iter_mut().zip(&t.values[at..at + n_out]) {
+                    *o += *v as f64;
+                }
             }
         }
         let n = self.trees.len().max(1) as f64;
@@ -809,6 +891,32 @@ mod tests {
     }
 
     #[test]
+    fn lockstep_forest_prediction_equals_tree_by_tree() {
+        let x = Array2::from_shape_fn((300, 4), |(i, j)| {
+            ((i * 7 + j * 13) % 17) as f64 + (i % 3) as f64 * 0.1
+        });
+        let y: Vec<usize> = (0..300).map(|i| (i * 31 % 7) % 3).collect();
+        let p = ForestParams {
+            n_trees: 19,
+            ..ForestParams::default()
+        };
+        let f = fit_forest(x.view(), &y, 3, &p, Control::default()).unwrap();
+        for row in x.rows() {
+            let row = row.as_slice().unwrap();
+            let mut fast = [0.0; 3];
+            f.predict_into(row, &mut fast);
+            let mut slow = [0.0; 3];
+            for t in &f.trees {
+                for (s, v) in slow.iter_mut().zip(t.leaf(row)) {
+                    *s += *v as f64;
+                }
+            }
+            slow.iter_mut().for_each(|s| *s /= 19.0);
+            assert_eq!(fast, slow);
+        }
+    }
+
+    #[test]
     fn cancel_stops_a_forest() {
         let (x, y) = xor_data();
         let flag = AtomicBool::new(true);
@@ -850,7 +958,6 @@ mod tests {
 
     #[test]
     fn binning_is_exact_for_few_distinct_values_and_bounded_otherwise() {
-
         let x = Array2::from_shape_fn(
             (1000, 2),
             |(i, j)| if j == 0 { (i % 3) as f64 } else { i as f64 },

@@ -27,7 +27,7 @@ use crate::names::{Selector, VersionSpec};
 use crate::service::{Caller, Deprecation, Registry};
 use crate::watch::WatchItem;
 
-const DOWNLOAD_CHUNK: usize = 64 * 1024;
+const DOWNLOAD_CHUNK: usize = 256 * 1024;
 
 /// Maps a domain error to the gRPC status a caller sees.
 pub fn to_status(e: RegistryError) -> Status {

@@ -477,14 +477,17 @@ impl Syncer {
             .map_err(|e| format!("download: {}", e.message()))?
             .into_inner();
         let mut bytes = Vec::new();
+        let mut hasher = Sha256::new();
         while let Some(chunk) = stream
             .message()
             .await
             .map_err(|e| format!("download: {}", e.message()))?
         {
+            hasher.update(&chunk.data);
             bytes.extend_from_slice(&chunk.data);
         }
-        let actual = hex::encode(Sha256::digest(&bytes));
+        let actual = hex::encode(hasher.finalize());
+
         if actual != sha256 {
             return Err(format!(
                 "artifact sha256 mismatch: the registry lists {sha256}, the bytes hash to {actual}"
