@@ -21,7 +21,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start NAME ARGS...: runs a daemon on port 0, waits for "listening on", prints the address.
+# start NAME ARGS...: runs a daemon on port 0, waits for "listening on", and
+# sets ADDR (no command substitution: PIDS must be updated in this shell).
 start() {
   local name=$1; shift
   "$BIN/evergreen-$name" --listen 127.0.0.1:0 "$@" >"$DIR/$name.out" 2>"$DIR/$name.log" &
@@ -30,18 +31,22 @@ start() {
     grep -q "listening on" "$DIR/$name.out" 2>/dev/null && break
     sleep 0.1
   done
-  local addr
-  addr=$(sed -n 's/.*listening on //p' "$DIR/$name.out")
-  [ -n "$addr" ] || { echo "$name did not start:" >&2; cat "$DIR/$name.log" >&2; exit 1; }
-  echo "$addr"
+  ADDR=$(sed -n 's/.*listening on //p' "$DIR/$name.out")
+  [ -n "$ADDR" ] || { echo "$name did not start:" >&2; cat "$DIR/$name.log" >&2; exit 1; }
 }
 
-REG=$(start registry --data-dir "$DIR/registry")
+start registry --data-dir "$DIR/registry"
+REG=$ADDR
 export EVERGREEN_REGISTRY_URL="http://$REG"
-TRN=$(start trainer --data-dir "$DIR/trainer" --registry "$EVERGREEN_REGISTRY_URL")
+start trainer --data-dir "$DIR/trainer" --registry "$EVERGREEN_REGISTRY_URL"
+TRN=$ADDR
 export EVERGREEN_TRAINER_URL="http://$TRN"
+start server --registry "$EVERGREEN_REGISTRY_URL"
+SRV=$ADDR
+export EVERGREEN_SERVER_URL="http://$SRV"
+
 export EVERGREEN_ACTOR=demo
-echo "==> registry at $REG, trainer at $TRN (state in $DIR)"
+echo "==> registry at $REG, trainer at $TRN, server at $SRV (state in $DIR)"
 
 step() { printf '\n==> %s\n' "$*"; }
 eg() { printf '$ evergreen %s\n' "$*"; "$BIN/evergreen" "$@"; }
@@ -72,7 +77,40 @@ echo "again      sha256 $SHA2"
 step "Retrain production's recipe on fresh data (what the monitor will ask for)"
 eg retrain cancer --data "$DATA" --reason "scheduled refresh"
 
+head -4 "$DATA" >"$DIR/rows.csv"
+# served_by N: waits until the server answers with cancer/N.
+served_by() {
+  for _ in $(seq 100); do
+    "$BIN/evergreen" predict cancer --file "$DIR/rows.csv" --drop target 2>/dev/null | grep -q "served by cancer/$1 " && return 0
+    sleep 0.05
+  done
+  echo "demo: the server did not switch to cancer/$1"; exit 1
+}
+
+step "The prediction server serves production; score three rows of the CSV"
+eg predict cancer --file "$DIR/rows.csv" --drop target
+
+step "Promote the retrained version 4: the server hot-swaps it, no restart"
+eg alias set cancer production 4 --expect 1 --reason "retrained on fresh data"
+served_by 4 && echo "now served by cancer/4"
+
+step "Roll production back to its previous target (found in the audit trail)"
+eg rollback cancer --reason "demo rollback"
+served_by 1 && echo "now served by cancer/1 again"
+
+step "Canary: 90% of traffic to version 1, 10% to version 4; version 2 shadows every request"
+eg policy set cancer --weight 1=90 --weight 4=10 --shadow 2 --reason "canary for version 4"
+sleep 0.3
+eg served
+eg policy clear cancer --reason "canary done"
+
+step "Deprecate version 1 with a sunset and a replacement: every caller sees the notice"
+eg versions status cancer/1 deprecated --reason "replaced by the retrained model" --sunset 2027-01-01 --replacement 4 >/dev/null
+sleep 0.3
+eg predict cancer --file "$DIR/rows.csv" --drop target
+
 step "What the registry holds"
+
 eg versions list cancer
 eg versions get cancer@production
 
