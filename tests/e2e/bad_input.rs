@@ -340,3 +340,171 @@ async fn a_corrupt_or_foreign_data_dir_fails_start_with_one_clear_line() {
     let msg = start_on(&file).await;
     assert!(msg.contains("not a directory"), "{msg}");
 }
+
+#[tokio::test]
+async fn bad_traffic_policies_rollbacks_and_deprecations_change_nothing() {
+    use evergreen_proto::v1::{
+        RollbackAliasRequest, SetTrafficPolicyRequest, SetVersionStatusRequest, TrafficPolicy,
+        VersionStatus, VersionWeight,
+    };
+    let sb = Sandbox::start().await;
+    let mut c = sb.registry().await;
+    c.create_model(req::create("m")).await.unwrap();
+    for _ in 0..3 {
+        c.register_version(tokio_stream::iter(req::register(
+            req::header("m"),
+            b"artifact",
+            16,
+        )))
+        .await
+        .unwrap();
+    }
+    let alias = |v: u64| SetAliasRequest {
+        model: "m".into(),
+        alias: "production".into(),
+        version: v,
+        ..Default::default()
+    };
+    c.set_alias(alias(1)).await.unwrap();
+    let policy = |weights: &[(u64, u32)], shadow: u64| SetTrafficPolicyRequest {
+        model: "m".into(),
+        policy: Some(TrafficPolicy {
+            weights: weights
+                .iter()
+                .map(|(v, w)| VersionWeight {
+                    version: *v,
+                    weight: *w,
+                })
+                .collect(),
+            shadow_version: shadow,
+        }),
+        reason: String::new(),
+    };
+    assert_status(
+        c.set_traffic_policy(policy(&[(1, 50), (1, 50)], 0)).await,
+        Code::InvalidArgument,
+        &["version 1 is zero or listed twice"],
+    );
+    assert_status(
+        c.set_traffic_policy(policy(&[(1, 0), (2, 0)], 0)).await,
+        Code::InvalidArgument,
+        &["all 0"],
+    );
+    assert_status(
+        c.set_traffic_policy(policy(&[(1, 90), (9, 10)], 0)).await,
+        Code::NotFound,
+        &["version 9"],
+    );
+    assert_status(
+        c.set_traffic_policy(policy(&[], 9)).await,
+        Code::NotFound,
+        &["version 9"],
+    );
+    let too_many: Vec<(u64, u32)> = (1..=17).map(|v| (v, 1)).collect();
+    assert_status(
+        c.set_traffic_policy(policy(&too_many, 0)).await,
+        Code::InvalidArgument,
+        &["at most 16"],
+    );
+    assert_status(
+        c.set_traffic_policy(SetTrafficPolicyRequest {
+            model: "nope".into(),
+            ..policy(&[(1, 1)], 0)
+        })
+        .await,
+        Code::NotFound,
+        &["model \"nope\""],
+    );
+    let m = c
+        .get_model(GetModelRequest { name: "m".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(m.policy, None, "no bad policy was stored");
+
+    // A version with traffic cannot be retired; a retired one cannot get traffic.
+    c.set_traffic_policy(policy(&[(1, 90), (2, 10)], 3))
+        .await
+        .unwrap();
+    let status = |v: u64, s: VersionStatus| SetVersionStatusRequest {
+        r#ref: req::version("m", v),
+        status: s as i32,
+        ..Default::default()
+    };
+    assert_status(
+        c.set_version_status(status(3, VersionStatus::Retired))
+            .await,
+        Code::FailedPrecondition,
+        &["traffic policy still sends it traffic"],
+    );
+    c.set_traffic_policy(policy(&[(1, 90), (2, 10)], 0))
+        .await
+        .unwrap();
+    c.set_version_status(status(3, VersionStatus::Retired))
+        .await
+        .unwrap();
+    assert_status(
+        c.set_traffic_policy(policy(&[(1, 90)], 3)).await,
+        Code::FailedPrecondition,
+        &["m/3: it is RETIRED"],
+    );
+
+    // Deprecation details belong to DEPRECATED and must name a live version.
+    let mut active_with_sunset = status(2, VersionStatus::Active);
+    active_with_sunset.replacement_version = 1;
+    assert_status(
+        c.set_version_status(active_with_sunset).await,
+        Code::InvalidArgument,
+        &["only go with status DEPRECATED"],
+    );
+    let mut self_replacing = status(2, VersionStatus::Deprecated);
+    self_replacing.replacement_version = 2;
+    assert_status(
+        c.set_version_status(self_replacing).await,
+        Code::InvalidArgument,
+        &["cannot replace itself"],
+    );
+    let mut retired_replacement = status(2, VersionStatus::Deprecated);
+    retired_replacement.replacement_version = 3;
+    assert_status(
+        c.set_version_status(retired_replacement).await,
+        Code::FailedPrecondition,
+        &["replacement m/3 is RETIRED"],
+    );
+
+    // Rollback needs a previous target and an existing alias.
+    let rollback = |alias: &str| RollbackAliasRequest {
+        model: "m".into(),
+        alias: alias.into(),
+        reason: String::new(),
+    };
+    assert_status(
+        c.rollback_alias(rollback("production")).await,
+        Code::FailedPrecondition,
+        &["no previous target", "first set to 1"],
+    );
+    assert_status(
+        c.rollback_alias(rollback("staging")).await,
+        Code::NotFound,
+        &["alias \"staging\""],
+    );
+    c.set_alias(alias(2)).await.unwrap();
+    assert_eq!(
+        c.rollback_alias(rollback("production"))
+            .await
+            .unwrap()
+            .into_inner()
+            .version,
+        1
+    );
+    assert_eq!(
+        c.rollback_alias(rollback("production"))
+            .await
+            .unwrap()
+            .into_inner()
+            .version,
+        2,
+        "a second rollback undoes the first"
+    );
+    still_serving(&sb, &mut c).await;
+}
