@@ -163,3 +163,103 @@ async fn train_errors_name_the_problem_and_exit_1() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("error: UNAVAILABLE: cannot reach the trainer"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn predict_served_rollback_and_policy_from_the_cli() {
+    let s = stack().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = format!("http://{}", listener.local_addr().unwrap());
+    let sc = evergreen_server::ServerConfig {
+        registry_url: s.registry.clone(),
+        ..Default::default()
+    };
+    tokio::spawn(evergreen_server::run(sc, listener, std::future::pending()));
+    let data = dataset("wine.csv");
+    for algorithm in ["decision_tree", "logistic_regression"] {
+        let out = evergreen(
+            &s,
+            &[
+                "train",
+                "--data",
+                &data,
+                "--target",
+                "target",
+                "--model",
+                "wine",
+                "--algorithm",
+                algorithm,
+            ],
+        )
+        .await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let run = |args: Vec<String>| {
+        let (s, server) = (&s, server.clone());
+        async move {
+            let mut full = vec!["--server".to_string(), server];
+            full.extend(args);
+            let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+            evergreen(s, &refs).await
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(run(args(&["alias", "set", "wine", "production", "1"]))
+        .await
+        .status
+        .success());
+    let row = "14.23,1.71,2.43,15.6,127,2.8,3.06,.28,2.29,5.64,1.04,3.92,1065";
+    // The server learns of the promotion from the watch; retry briefly.
+    let mut out = run(args(&["predict", "wine", "--row", row, "--json"])).await;
+    for _ in 0..100 {
+        if out.status.success() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        out = run(args(&["predict", "wine", "--row", row, "--json"])).await;
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["version"].as_u64(), v["predictions"][0]["label"].as_str()),
+        (Some(1), Some("0"))
+    );
+    assert_eq!(v["labels"], serde_json::json!(["0", "1", "2"]));
+
+    assert!(run(args(&["alias", "set", "wine", "production", "2"]))
+        .await
+        .status
+        .success());
+    let out = run(args(&["rollback", "wine", "--reason", "worse"])).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("version:  1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = run(args(&[
+        "policy", "set", "wine", "--weight", "1=90", "--weight", "2=10",
+    ]))
+    .await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("traffic policy: 1=90 2=10"));
+    let out = run(args(&["policy", "set", "wine", "--weight", "1=x"])).await;
+    assert_eq!(out.status.code(), Some(2), "clap rejects a bad --weight");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected VERSION=WEIGHT"));
+
+    let out = run(args(&["predict", "wine", "--row", "1,2"])).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("error: INVALID_ARGUMENT: row 0: expected 13 values"));
+    let out = run(args(&["served"])).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ready at registry revision") && text.contains("wine"),
+        "{text}"
+    );
+}
