@@ -8,6 +8,10 @@ run:
 run-trainer:
     cargo run --release -p evergreen-trainer
 
+# Run the prediction server (port 7402, registry on 7400).
+run-server:
+    cargo run --release -p evergreen-server
+
 # Start a throwaway registry and walk a model through the lifecycle with the CLI.
 demo:
     scripts/demo.sh
@@ -24,6 +28,10 @@ bench:
 # scikit-learn in the same run when EVERGREEN_BENCH_PYTHON is set.
 bench-train:
     cargo bench -p evergreen-trainer --bench train
+
+# Serving benchmark: throughput/latency vs an empty RPC, promotions, memory.
+bench-serve:
+    cargo bench -p evergreen-server --bench serve
 
 fmt:
     cargo fmt --all
