@@ -103,7 +103,7 @@ impl Tree {
     pub(crate) fn validate(&self, width: usize, n_outputs: usize) -> Result<(), String> {
         if n_outputs == 0
             || self.n_outputs as usize != n_outputs
-            || self.values.len() % n_outputs != 0
+            || !self.values.len().is_multiple_of(n_outputs)
         {
             return Err("tree has the wrong output width".into());
         }
