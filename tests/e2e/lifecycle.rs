@@ -136,7 +136,10 @@ async fn versions_register_stream_and_download_byte_for_byte() {
         if first.is_none() {
             first = Some((chunk.artifact.clone(), chunk.version));
         }
-        assert!(chunk.data.len() <= 256 * 1024, "chunks stay at most 256 KiB");
+        assert!(
+            chunk.data.len() <= 256 * 1024,
+            "chunks stay at most 256 KiB"
+        );
         got.extend_from_slice(&chunk.data);
     }
     assert_eq!(got, bytes);
