@@ -947,3 +947,77 @@ async fn an_unloadable_version_leaves_the_old_one_serving_and_is_reported() {
     .await;
     assert!(served.log.unwrap().dropped > 0);
 }
+
+#[tokio::test]
+async fn not_serving_until_the_registry_is_reachable_and_the_catalog_loaded() {
+    use evergreen_runtime::tonic_health::pb::health_check_response::ServingStatus;
+    use evergreen_runtime::tonic_health::pb::health_client::HealthClient;
+    use evergreen_runtime::tonic_health::pb::HealthCheckRequest;
+    // Pick a registry port, but start the server first: the registry is down.
+    let reg_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let config = evergreen_server::ServerConfig {
+        registry_url: format!("http://{reg_addr}"),
+        ..Default::default()
+    };
+    tokio::spawn(evergreen_server::run(
+        config,
+        listener,
+        std::future::pending(),
+    ));
+    let ch = Channel::from_shared(format!("http://{server_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(ch.clone());
+    let status = |r: evergreen_runtime::tonic_health::pb::HealthCheckResponse| r.status;
+    let check = HealthCheckRequest {
+        service: String::new(),
+    };
+    assert_eq!(
+        status(health.check(check.clone()).await.unwrap().into_inner()),
+        ServingStatus::NotServing as i32
+    );
+    let mut p = PredictorClient::new(ch.clone());
+    let e = p.predict(predict_req("wine", "")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(e.message().contains("still loading"), "{}", e.message());
+    assert!(!v2_ready(ch.clone()).await);
+
+    // The registry comes up: the server lists it and reports SERVING.
+    let rl = tokio::net::TcpListener::bind(reg_addr).await.unwrap();
+    let rc = evergreen_registry::RegistryConfig {
+        data_dir: dir.path().join("r"),
+        ..Default::default()
+    };
+    tokio::spawn(evergreen_registry::run(rc, rl, std::future::pending()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(health.check(check.clone()).await.unwrap().into_inner())
+        != ServingStatus::Serving as i32
+    {
+        assert!(Instant::now() < deadline, "never became SERVING");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(v2_ready(ch).await);
+    let e = p.predict(predict_req("wine", "")).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::NotFound,
+        "ready now; the model just does not exist"
+    );
+}
+
+async fn v2_ready(ch: Channel) -> bool {
+    GrpcInferenceServiceClient::new(ch)
+        .server_ready(ServerReadyRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .ready
+}
