@@ -95,7 +95,7 @@ impl NumericProfile {
                 v.push(x);
             }
         }
-        v.sort_by(f64::total_cmp);
+        v.sort_unstable_by(f64::total_cmp);
         let n = v.len();
         if n == 0 {
             return NumericProfile {
