@@ -33,6 +33,10 @@ bench-train:
 bench-serve:
     cargo bench -p evergreen-server --bench serve
 
+# Drift benchmark: report and ingest timings vs Evidently / scipy.
+bench-drift:
+    cargo bench -p evergreen-monitor --bench drift
+
 fmt:
     cargo fmt --all
 
