@@ -22,6 +22,7 @@ pub struct Sandbox {
     trainer: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
     trainer_config: Option<TrainerConfig>,
     pub server_addr: Option<SocketAddr>,
+    pub monitor_addr: Option<SocketAddr>,
     server: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
     server_config: Option<ServerConfig>,
     dir: Option<tempfile::TempDir>,
@@ -40,6 +41,7 @@ pub struct SandboxBuilder {
     tweak: Option<ConfigTweak>,
     trainer: bool,
     server: Option<ServerTweak>,
+    monitor: bool,
 }
 
 impl SandboxBuilder {
@@ -52,6 +54,12 @@ impl SandboxBuilder {
     /// Also start a trainer that registers into this registry.
     pub fn trainer(mut self) -> Self {
         self.trainer = true;
+        self
+    }
+
+    /// Also start a monitor; a server (if any) logs its predictions to it.
+    pub fn monitor(mut self) -> Self {
+        self.monitor = true;
         self
     }
 
@@ -86,6 +94,7 @@ impl SandboxBuilder {
             trainer: None,
             trainer_config,
             server_addr: None,
+            monitor_addr: None,
             server: None,
             server_config,
             dir: Some(dir),
@@ -97,6 +106,9 @@ impl SandboxBuilder {
         sandbox.boot().await;
         if sandbox.trainer_config.is_some() {
             sandbox.boot_trainer().await;
+        }
+        if self.monitor {
+            sandbox.boot_monitor().await;
         }
         if sandbox.server_config.is_some() {
             sandbox.boot_server().await;
@@ -153,6 +165,10 @@ impl Sandbox {
         self.server_addr = Some(listener.local_addr().unwrap());
         let mut config = self.server_config.clone().expect("a server was asked for");
         config.registry_url = self.registry_url();
+        if let Some(m) = self.monitor_addr {
+            config.monitor_url = format!("http://{m}");
+            config.log.flush_ms = 20;
+        }
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             evergreen_server::run(config, listener, async {
@@ -161,6 +177,30 @@ impl Sandbox {
             .await
         });
         self.server = Some((tx, task));
+    }
+
+    async fn boot_monitor(&mut self) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        self.monitor_addr = Some(listener.local_addr().unwrap());
+        let config = evergreen_monitor::MonitorConfig {
+            registry_url: self.registry_url(),
+            ..Default::default()
+        };
+        tokio::spawn(evergreen_monitor::run(
+            config,
+            listener,
+            std::future::pending(),
+        ));
+    }
+
+    pub async fn monitor(&self) -> evergreen_proto::v1::monitor_client::MonitorClient<Channel> {
+        let addr = self.monitor_addr.expect("sandbox started with .monitor()");
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to monitor");
+        evergreen_proto::v1::monitor_client::MonitorClient::new(channel)
     }
 
     pub fn server_url(&self) -> String {

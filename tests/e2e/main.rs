@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod lifecycle;
+mod monitor;
 mod platform;
 mod server;
 mod trainer;

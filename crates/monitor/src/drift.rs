@@ -207,13 +207,11 @@ pub fn wasserstein_uniform(edges: &[f64], reference: &[u64], current: &NumericWi
     };
     let (mut fr, mut fc) = (0.0f64, 0.0f64);
     let mut total = 0.0;
-    for b in 0..reference.len() {
+    for (b, (r, c)) in reference.iter().zip(&current.counts).enumerate() {
         let (lo, hi) = span(b);
         let width = hi - lo;
-        let (pr, pc) = (
-            reference[b] as f64 / n as f64,
-            current.counts[b] as f64 / m as f64,
-        );
+        let (pr, pc) = (*r as f64 / n as f64, *c as f64 / m as f64);
+
         let d0 = fr - fc;
         fr += pr;
         fc += pc;
