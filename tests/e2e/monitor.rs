@@ -174,6 +174,10 @@ async fn prediction_logs_reach_the_monitor_and_drift_is_measured_per_feature() {
         ("a", "wasserstein", 2000)
     );
     assert_eq!(r.features[2].test, "jensen_shannon");
+    let pd = r.prediction.clone().expect("prediction drift");
+    assert_eq!((pd.feature.as_str(), pd.count), ("prediction", 2000));
+    assert_eq!(pd.test, "chi2", "600 holdout answers: χ²");
+    assert!(!pd.drifted, "answers like the holdout's: {pd:?}");
 
     // Now a shifts by +3: a drifts, b and colour do not.
     let shifted: Vec<Row> = rows(20_000, 2000, 3.0).iter().map(to_row).collect();
@@ -188,4 +192,9 @@ async fn prediction_logs_reach_the_monitor_and_drift_is_measured_per_feature() {
         r.features[0]
     );
     assert!(!r.dataset_drift, "1 of 3 features is under the 0.5 share");
+    let pd = r.prediction.clone().expect("prediction drift");
+    assert!(
+        pd.drifted && pd.p_value < 0.05,
+        "a larger `a` means more class 1 answers: {pd:?}"
+    );
 }

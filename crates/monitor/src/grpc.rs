@@ -9,13 +9,27 @@ use evergreen_proto::v1::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::service::{Monitor, MonitorError};
+use crate::service::{FeatureLine, Monitor, MonitorError};
 
 pub fn to_status(e: MonitorError) -> Status {
     match e {
         MonitorError::InvalidArgument(m) => Status::invalid_argument(m),
         MonitorError::NotFound(m) => Status::not_found(m),
         MonitorError::Unavailable(m) => Status::unavailable(m),
+    }
+}
+
+fn line(l: FeatureLine) -> FeatureDrift {
+    FeatureDrift {
+        feature: l.feature,
+        test: l.verdict.test.name().into(),
+        statistic: l.verdict.statistic,
+        drifted: l.verdict.drifted,
+        threshold: l.verdict.threshold,
+        p_value: l.verdict.p_value.unwrap_or(f64::NAN),
+        psi: l.psi,
+        count: l.count,
+        missing: l.missing,
     }
 }
 
@@ -71,21 +85,9 @@ impl MonitorApi for MonitorGrpc {
         Ok(Response::new(DriftReport {
             model: r.model,
             version: r.version,
-            features: report
-                .features
-                .into_iter()
-                .map(|l| FeatureDrift {
-                    feature: l.feature,
-                    test: l.verdict.test.name().into(),
-                    statistic: l.verdict.statistic,
-                    drifted: l.verdict.drifted,
-                    threshold: l.verdict.threshold,
-                    p_value: l.verdict.p_value.unwrap_or(f64::NAN),
-                    psi: l.psi,
-                    count: l.count,
-                    missing: l.missing,
-                })
-                .collect(),
+            features: report.features.into_iter().map(line).collect(),
+            prediction: Some(line(report.prediction)),
+
             dataset_drift: report.dataset_drift,
             rows: report.rows,
             drifted_share: report.drifted_share,

@@ -13,7 +13,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tonic::transport::Channel;
 
 use crate::drift::{dataset_drift, FeatureDrift};
-use crate::window::Window;
+use crate::window::{Answer, Window};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MonitorError {
@@ -50,6 +50,8 @@ pub struct FeatureLine {
 pub struct Report {
     pub rows: u64,
     pub features: Vec<FeatureLine>,
+    /// The model's answers vs its answers on the holdout.
+    pub prediction: FeatureLine,
     pub dataset_drift: bool,
     pub drifted_share: f64,
 }
@@ -145,6 +147,14 @@ impl Monitor {
             }
             let model = t.model.clone();
             t.window.push(&model.profile, &row);
+            if let Some(p) = &r.prediction {
+                let answer = if model.schema.labels().is_some() {
+                    Answer::Probabilities(&p.probabilities)
+                } else {
+                    Answer::Value(p.value)
+                };
+                t.window.push_answer(&model.profile, answer);
+            }
             out.accepted += 1;
         }
         out
@@ -175,10 +185,19 @@ impl Monitor {
                 missing,
             })
             .collect();
+        let (verdict, psi, count) = t.window.prediction_drift(&t.model.profile);
+        let prediction = FeatureLine {
+            feature: "prediction".into(),
+            verdict,
+            psi,
+            count,
+            missing: 0,
+        };
         let verdicts: Vec<FeatureDrift> = lines.iter().map(|l| l.verdict.clone()).collect();
         let drifted = verdicts.iter().filter(|v| v.drifted).count();
         Ok(Report {
             rows: t.window.rows,
+            prediction,
             dataset_drift: dataset_drift(&verdicts, self.drift_share),
             drifted_share: if verdicts.is_empty() {
                 0.0

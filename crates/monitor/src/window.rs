@@ -1,7 +1,7 @@
 //! A version's live window: every logged row binned feature by feature on
 //! the version's reference profile. O(bins) memory per feature.
 
-use evergreen_model::profile::{CategoricalProfile, FeatureProfile, Profile};
+use evergreen_model::profile::{CategoricalProfile, FeatureProfile, PredictionProfile, Profile};
 use evergreen_model::schema::Value;
 
 use crate::drift::{self, FeatureDrift, NumericWindow};
@@ -18,10 +18,26 @@ pub enum FeatureWindow {
     },
 }
 
+/// What the model answered over the window, for prediction drift.
+#[derive(Debug, Clone)]
+pub enum PredictionWindow {
+    /// Predicted-class counts, by class index.
+    Classes(Vec<u64>),
+    Values(NumericWindow),
+}
+
 #[derive(Debug, Clone)]
 pub struct Window {
     pub rows: u64,
     pub features: Vec<FeatureWindow>,
+    pub predictions: PredictionWindow,
+}
+
+/// One logged answer: class probabilities (classification) or a value.
+#[derive(Debug, Clone, Copy)]
+pub enum Answer<'a> {
+    Probabilities(&'a [f64]),
+    Value(f64),
 }
 
 fn category_index(p: &CategoricalProfile, s: &str) -> Option<usize> {
@@ -42,7 +58,50 @@ impl Window {
                 },
             })
             .collect();
-        Window { rows: 0, features }
+        let predictions = match &profile.predictions {
+            PredictionProfile::Classification { class_counts, .. } => {
+                PredictionWindow::Classes(vec![0; class_counts.len()])
+            }
+            PredictionProfile::Regression(p) => PredictionWindow::Values(NumericWindow::new(p)),
+        };
+        Window {
+            rows: 0,
+            features,
+            predictions,
+        }
+    }
+
+    /// Adds one answer of the model.
+    pub fn push_answer(&mut self, profile: &Profile, answer: Answer) {
+        match (&mut self.predictions, answer, &profile.predictions) {
+            (PredictionWindow::Classes(c), Answer::Probabilities(p), _) if p.len() == c.len() => {
+                c[evergreen_model::tree::argmax(p)] += 1;
+            }
+            (PredictionWindow::Values(w), Answer::Value(v), PredictionProfile::Regression(p)) => {
+                w.push(&p.edges, v)
+            }
+            _ => {} // a malformed record: nothing to count
+        }
+    }
+
+    /// The model's answers against its answers on the training holdout.
+    pub fn prediction_drift(&self, profile: &Profile) -> (FeatureDrift, f64, u64) {
+        match (&self.predictions, &profile.predictions) {
+            (
+                PredictionWindow::Classes(c),
+                PredictionProfile::Classification { class_counts, .. },
+            ) => (
+                drift::categorical_drift(class_counts, c),
+                drift::psi(class_counts, c),
+                c.iter().sum(),
+            ),
+            (PredictionWindow::Values(w), PredictionProfile::Regression(p)) => (
+                drift::numeric_drift(p, w),
+                drift::psi(&p.counts, &w.counts),
+                w.count(),
+            ),
+            _ => unreachable!("windows are built from the same profile"),
+        }
     }
 
     /// Adds one row (values in feature order; a short row counts the rest
