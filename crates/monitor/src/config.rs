@@ -44,3 +44,13 @@ impl MonitorConfig {
         Ok(())
     }
 }
+
+impl evergreen_runtime::DaemonConfig for MonitorConfig {
+    fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        MonitorConfig::validate(self)
+    }
+}

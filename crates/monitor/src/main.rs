@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use evergreen_monitor::MonitorConfig;
-use evergreen_runtime::{init_tracing, load_config, shutdown_signal, ConfigSources};
+use evergreen_runtime::ConfigSources;
 
 #[derive(Parser)]
 #[command(name = "evergreen-monitor", version, about = "Evergreen's monitor")]
@@ -27,35 +27,10 @@ fn main() -> ExitCode {
     let sources = ConfigSources::from_process(args.config)
         .flag("listen", args.listen)
         .flag("registry_url", args.registry);
-    init_tracing(&sources.env);
-    let config = match load_config::<MonitorConfig>("monitor", &sources)
-        .and_then(|c| c.validate().map(|_| c))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("evergreen-monitor: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("evergreen-monitor: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-        println!("evergreen-monitor listening on {}", listener.local_addr()?);
-        evergreen_monitor::run(config, listener, shutdown_signal()).await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("evergreen-monitor: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    evergreen_runtime::daemon_main::<MonitorConfig, _, _>(
+        "evergreen-monitor",
+        "monitor",
+        sources,
+        evergreen_monitor::run,
+    )
 }

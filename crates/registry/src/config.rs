@@ -85,3 +85,13 @@ impl RegistryConfig {
         Ok(())
     }
 }
+
+impl evergreen_runtime::DaemonConfig for RegistryConfig {
+    fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        RegistryConfig::validate(self)
+    }
+}

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use evergreen_registry::RegistryConfig;
-use evergreen_runtime::{init_tracing, load_config, shutdown_signal, ConfigSources};
+use evergreen_runtime::ConfigSources;
 
 #[derive(Parser)]
 #[command(
@@ -31,35 +31,10 @@ fn main() -> ExitCode {
     let sources = ConfigSources::from_process(args.config)
         .flag("listen", args.listen)
         .flag("data_dir", args.data_dir.map(|p| p.display().to_string()));
-    init_tracing(&sources.env);
-    let config = match load_config::<RegistryConfig>("registry", &sources)
-        .and_then(|c| c.validate().map(|_| c))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("evergreen-registry: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("evergreen-registry: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-        println!("evergreen-registry listening on {}", listener.local_addr()?);
-        evergreen_registry::run(config, listener, shutdown_signal()).await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("evergreen-registry: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    evergreen_runtime::daemon_main::<RegistryConfig, _, _>(
+        "evergreen-registry",
+        "registry",
+        sources,
+        evergreen_registry::run,
+    )
 }

@@ -7,10 +7,12 @@
 //! belongs in this crate.
 
 pub mod config;
+pub mod daemon;
 pub mod grpc;
 pub mod telemetry;
 
 pub use config::{load_config, ConfigSources};
+pub use daemon::{daemon_main, DaemonConfig, Shutdown};
 pub use grpc::serve;
 pub use telemetry::init_tracing;
 pub use {tonic_health, tonic_reflection};

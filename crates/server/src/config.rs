@@ -128,3 +128,13 @@ impl ServerConfig {
         self.models.get(model).map_or(&[], |m| &m.versions)
     }
 }
+
+impl evergreen_runtime::DaemonConfig for ServerConfig {
+    fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        ServerConfig::validate(self)
+    }
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use evergreen_runtime::{init_tracing, load_config, shutdown_signal, ConfigSources};
+use evergreen_runtime::ConfigSources;
 use evergreen_server::ServerConfig;
 
 #[derive(Parser)]
@@ -35,35 +35,10 @@ fn main() -> ExitCode {
         .flag("listen", args.listen)
         .flag("registry_url", args.registry)
         .flag("monitor_url", args.monitor);
-    init_tracing(&sources.env);
-    let config = match load_config::<ServerConfig>("server", &sources)
-        .and_then(|c| c.validate().map(|_| c))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("evergreen-server: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("evergreen-server: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-        println!("evergreen-server listening on {}", listener.local_addr()?);
-        evergreen_server::run(config, listener, shutdown_signal()).await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("evergreen-server: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    evergreen_runtime::daemon_main::<ServerConfig, _, _>(
+        "evergreen-server",
+        "server",
+        sources,
+        evergreen_server::run,
+    )
 }

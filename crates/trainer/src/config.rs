@@ -52,3 +52,13 @@ impl TrainerConfig {
         Ok(())
     }
 }
+
+impl evergreen_runtime::DaemonConfig for TrainerConfig {
+    fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        TrainerConfig::validate(self)
+    }
+}
