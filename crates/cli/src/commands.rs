@@ -70,23 +70,31 @@ pub fn actor_value(actor: &str) -> anyhow::Result<AsciiMetadataValue> {
         .ok_or_else(|| anyhow!("invalid --actor {actor:?}: use printable ASCII only"))
 }
 
+/// A channel to `daemon` ("registry", "trainer", "server") at `url` (the
+/// value of its `--daemon` flag; `http://` is assumed when no scheme is
+/// given). Unreachable is UNAVAILABLE naming the daemon and address.
+pub async fn connect(url: &str, daemon: &str) -> anyhow::Result<Channel> {
+    let url = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
+    let endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|e| anyhow!("invalid --{daemon} URL {url:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(5));
+    endpoint.connect().await.map_err(|e| {
+        Status::unavailable(format!(
+            "cannot reach the {daemon} at {url}: {}",
+            error_chain(&e)
+        ))
+        .into()
+    })
+}
+
 impl Ctx {
     pub async fn connect(url: &str, actor: &str, json: bool) -> anyhow::Result<Self> {
-        let url = if url.contains("://") {
-            url.to_string()
-        } else {
-            format!("http://{url}")
-        };
         let actor = actor_value(actor)?;
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| anyhow!("invalid --registry URL {url:?}: {e}"))?
-            .connect_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect().await.map_err(|e| {
-            Status::unavailable(format!(
-                "cannot reach the registry at {url}: {}",
-                error_chain(&e)
-            ))
-        })?;
+        let channel = connect(url, "registry").await?;
         Ok(Self {
             client: RegistryClient::new(channel),
             actor,

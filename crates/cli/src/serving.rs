@@ -1,7 +1,6 @@
 //! `evergreen predict` and `evergreen served`: talk to the prediction server.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use evergreen_proto::v1::predictor_client::PredictorClient;
@@ -9,8 +8,7 @@ use evergreen_proto::v1::{
     value, ListServedRequest, PredictRequest, PredictResponse, Row, Value as PbValue, VersionStatus,
 };
 use serde_json::{json, Value};
-use tonic::transport::{Channel, Endpoint};
-use tonic::Status;
+use tonic::transport::Channel;
 
 use crate::output::{self, emit, emit_json, Table};
 
@@ -101,22 +99,7 @@ fn response_json(r: &PredictResponse) -> Value {
 
 impl ServeCtx {
     pub async fn connect(url: &str, json: bool) -> anyhow::Result<Self> {
-        let url = if url.contains("://") {
-            url.to_string()
-        } else {
-            format!("http://{url}")
-        };
-        let channel = Endpoint::from_shared(url.clone())
-            .map_err(|e| anyhow!("invalid --server URL {url:?}: {e}"))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .map_err(|e| {
-                Status::unavailable(format!(
-                    "cannot reach the server at {url}: {}",
-                    crate::commands::error_chain(&e)
-                ))
-            })?;
+        let channel = crate::commands::connect(url, "server").await?;
         Ok(ServeCtx {
             client: PredictorClient::new(channel),
             json,

@@ -4,9 +4,7 @@
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
-use std::time::Duration;
 
-use anyhow::anyhow;
 use evergreen_proto::metadata;
 use evergreen_proto::v1::trainer_client::TrainerClient;
 use evergreen_proto::v1::{
@@ -15,7 +13,7 @@ use evergreen_proto::v1::{
 };
 use serde_json::{json, Value};
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Status, Streaming};
 
 use crate::output::{self, emit, emit_json, Table};
@@ -199,20 +197,7 @@ fn print_job(j: &TrainJob) {
 
 impl TrainCtx {
     pub async fn connect(url: &str, actor: AsciiMetadataValue, json: bool) -> anyhow::Result<Self> {
-        let url = if url.contains("://") {
-            url.to_string()
-        } else {
-            format!("http://{url}")
-        };
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| anyhow!("invalid --trainer URL {url:?}: {e}"))?
-            .connect_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect().await.map_err(|e| {
-            Status::unavailable(format!(
-                "cannot reach the trainer at {url}: {}",
-                crate::commands::error_chain(&e)
-            ))
-        })?;
+        let channel = crate::commands::connect(url, "trainer").await?;
         Ok(TrainCtx {
             client: TrainerClient::new(channel),
             actor,
