@@ -258,7 +258,14 @@ impl Syncer {
                         r.model
                     ))),
                     (Some(_), None) => Ok(()),
-                    (Some(m), Some(v)) if m.loaded.contains_key(&v) => Ok(()),
+                    // Loaded, or known but not servable (e.g. RETIRED meanwhile):
+                    // the caller re-routes and gets the precise answer.
+                    (Some(m), Some(v))
+                        if m.loaded.contains_key(&v) || m.versions.contains_key(&v) =>
+                    {
+                        Ok(())
+                    }
+
                     (Some(m), Some(v)) => {
                         Err(match m.failures.iter().rev().find(|f| f.version == v) {
                             Some(f) => ServeError::FailedPrecondition(format!(
