@@ -1,5 +1,6 @@
 //! The trainer daemon through real gRPC: CSV → trained, evaluated,
-//! profiled, registered version; gates, retraining, jobs, bad data.
+//! profiled, registered version; gates, retraining (with labeled rows),
+//! jobs, bad data.
 
 use std::path::Path;
 
@@ -8,9 +9,9 @@ use evergreen_model::profile::{FeatureProfile, PredictionProfile};
 use evergreen_model::Model;
 use evergreen_proto::v1::trainer_client::TrainerClient;
 use evergreen_proto::v1::{
-    train_event, CancelJobRequest, DownloadArtifactRequest, FeatureType, Gate, GetJobRequest,
-    GetVersionRequest, JobState, ListJobsRequest, ListModelsRequest, RetrainRequest, Stage,
-    TrainJob, TrainRequest,
+    train_event, value, CancelJobRequest, DownloadArtifactRequest, FeatureType, Gate,
+    GetJobRequest, GetVersionRequest, JobState, LabeledRow, ListJobsRequest, ListModelsRequest,
+    RetrainRequest, Row, Stage, TrainJob, TrainRequest, Value,
 };
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
@@ -686,4 +687,245 @@ async fn categorical_features_missing_values_and_regression() {
     let schema = v.schema.unwrap();
     assert_eq!(schema.features[1].r#type, FeatureType::Categorical as i32);
     assert_eq!(schema.target.unwrap().categories, ["no", "yes"]);
+}
+
+/// A decision tree on `dataset_uri` (fast), as `model/1`.
+async fn train_small_tree(t: &mut TrainerClient<Channel>, model: &str, dataset_uri: String) {
+    let mut r = bc_request(model);
+    r.dataset_uri = dataset_uri;
+    r.algorithm = "decision_tree".into();
+    r.params.insert("max_depth".into(), "3".into());
+    let (_, job) = train(t, r).await.unwrap();
+    assert_eq!(job.version, 1);
+}
+
+/// The first `n` data rows of breast_cancer.csv as labeled rows, values in
+/// the order of `features` (the model's), label from `target`.
+fn bc_labeled_rows(features: &[String], n: usize) -> Vec<LabeledRow> {
+    let text = std::fs::read_to_string(dataset("breast_cancer.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let order: Vec<usize> = features.iter().map(|f| col(f)).collect();
+    let target = col("target");
+    lines
+        .take(n)
+        .map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            LabeledRow {
+                features: Some(Row {
+                    values: order
+                        .iter()
+                        .map(|&i| Value {
+                            kind: Some(value::Kind::Number(fields[i].parse().unwrap())),
+                        })
+                        .collect(),
+                    ..Default::default()
+                }),
+                label: fields[target].to_string(),
+                value: 0.0,
+            }
+        })
+        .collect()
+}
+
+async fn feature_names(sb: &Sandbox, spec: &str) -> Vec<String> {
+    let v = sb
+        .registry()
+        .await
+        .get_version(GetVersionRequest {
+            r#ref: req::spec(spec),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    v.schema
+        .unwrap()
+        .features
+        .into_iter()
+        .map(|f| f.name)
+        .collect()
+}
+
+fn trainer_dir(sb: &Sandbox) -> std::path::PathBuf {
+    sb.data_dir().parent().unwrap().join("trainer")
+}
+
+#[tokio::test]
+async fn retrain_adds_labeled_rows_to_the_versions_own_training_data() {
+    let sb = Sandbox::builder().trainer().start().await;
+    let mut t = sb.trainer().await;
+    let base_path = dataset("breast_cancer.csv");
+    train_small_tree(&mut t, "grow", base_path.display().to_string()).await;
+    let base = std::fs::read_to_string(&base_path).unwrap();
+    let base_rows = base.lines().count() - 1;
+
+    let rows = bc_labeled_rows(&feature_names(&sb, "grow/1").await, 50);
+    let job = t
+        .retrain(RetrainRequest {
+            model: "grow".into(),
+            reason: "feedback".into(),
+            rows,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let reason = &job.request.as_ref().unwrap().reason;
+    assert_eq!(reason, "retrain of grow/1: feedback (+50 labeled rows)");
+    let done = wait_job(&mut t, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded as i32, "{}", done.error);
+    assert_eq!(done.version, 2);
+
+    let v2 = sb
+        .registry()
+        .await
+        .get_version(GetVersionRequest {
+            r#ref: req::spec("grow/2"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let lineage = v2.lineage.unwrap();
+    let file = std::path::PathBuf::from(&lineage.dataset_uri);
+    assert!(
+        file.starts_with(trainer_dir(&sb).join("retrain")),
+        "the combined data lives under the trainer's data dir: {}",
+        file.display()
+    );
+    let combined = std::fs::read(&file).unwrap();
+    assert_eq!(
+        lineage.dataset_sha256,
+        hex::encode(Sha256::digest(&combined)),
+        "the lineage's sha256 is the file's"
+    );
+    let combined = String::from_utf8(combined).unwrap();
+    assert!(combined.starts_with(&base), "the base data is unchanged");
+    assert_eq!(combined.lines().count(), 1 + base_rows + 50);
+    assert_eq!(
+        v2.metrics["train_rows"] + v2.metrics["test_rows"],
+        (base_rows + 50) as f64
+    );
+    let model = Model::from_bytes(&download(&sb, "grow/2").await).unwrap();
+    assert_eq!(
+        model.training.train_rows + model.training.test_rows,
+        (base_rows + 50) as u64
+    );
+    assert_eq!(v2.params["max_depth"], "3", "the recipe is v1's");
+}
+
+#[tokio::test]
+async fn bad_labeled_rows_are_invalid_argument_and_create_no_job() {
+    let sb = Sandbox::builder().trainer().start().await;
+    let mut t = sb.trainer().await;
+    train_small_tree(
+        &mut t,
+        "rows",
+        dataset("breast_cancer.csv").display().to_string(),
+    )
+    .await;
+    let good = bc_labeled_rows(&feature_names(&sb, "rows/1").await, 3);
+    let number = |x: f64| Value {
+        kind: Some(value::Kind::Number(x)),
+    };
+    let with = |f: &dyn Fn(&mut LabeledRow)| {
+        let mut rows = good.clone();
+        f(&mut rows[1]);
+        rows
+    };
+    let cases: Vec<(&str, Vec<LabeledRow>, &str)> = vec![
+        (
+            "too many values",
+            with(&|r| r.features.as_mut().unwrap().values.push(number(1.0))),
+            "rows[1]: 31 feature values; rows/1 has 30 features (mean radius..worst fractal dimension)",
+        ),
+        (
+            "empty label",
+            with(&|r| r.label.clear()),
+            "rows[1]: label \"\" is empty or reads as missing; rows/1 is a classifier of \"target\", expected a class label (known: 0, 1)",
+        ),
+        (
+            "text for a numeric feature",
+            with(&|r| {
+                r.features.as_mut().unwrap().values[2] = Value {
+                    kind: Some(value::Kind::Category("big".into())),
+                }
+            }),
+            "rows[1]: feature \"mean perimeter\" (values[2]) is numeric; cannot use \"big\"",
+        ),
+        (
+            "infinite value",
+            with(&|r| r.features.as_mut().unwrap().values[0] = number(f64::INFINITY)),
+            "rows[1]: feature \"mean radius\" (values[0]) is inf; expected a finite number",
+        ),
+    ];
+    for (what, rows, message) in cases {
+        let err = t
+            .retrain(RetrainRequest {
+                model: "rows".into(),
+                rows,
+                ..Default::default()
+            })
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(
+            err.message().contains(message),
+            "{what}: {:?} should contain {message:?}",
+            err.message()
+        );
+    }
+    let jobs = t
+        .list_jobs(ListJobsRequest {
+            model: "rows".into(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(jobs.len(), 1, "only the first training: {jobs:?}");
+    let retrain_dir = trainer_dir(&sb).join("retrain");
+    let written = std::fs::read_dir(&retrain_dir).map_or(0, |d| d.count());
+    assert_eq!(written, 0, "nothing written to {}", retrain_dir.display());
+}
+
+#[tokio::test]
+async fn retrain_without_data_fails_when_the_training_data_is_gone() {
+    let sb = Sandbox::builder().trainer().start().await;
+    let mut t = sb.trainer().await;
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("cancer.csv");
+    std::fs::copy(dataset("breast_cancer.csv"), &copy).unwrap();
+    train_small_tree(&mut t, "gone", copy.display().to_string()).await;
+    let rows = bc_labeled_rows(&feature_names(&sb, "gone/1").await, 5);
+    std::fs::remove_file(&copy).unwrap();
+    for rows in [vec![], rows] {
+        let err = t
+            .retrain(RetrainRequest {
+                model: "gone".into(),
+                rows,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert_eq!(
+            err.message(),
+            format!(
+                "the training data of gone/1, {}, no longer exists; pass dataset_uri",
+                copy.display()
+            )
+        );
+    }
+    let jobs = t
+        .list_jobs(ListJobsRequest {
+            model: "gone".into(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(jobs.len(), 1, "no retrain job: {jobs:?}");
 }

@@ -19,7 +19,7 @@ use crate::error::TrainError;
 
 const MISSING: &[&str] = &["", "NA", "N/A", "NaN", "nan", "null", "NULL", "?"];
 
-fn is_missing(s: &str) -> bool {
+pub(crate) fn is_missing(s: &str) -> bool {
     MISSING.contains(&s)
 }
 

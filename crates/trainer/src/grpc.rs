@@ -17,7 +17,8 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::error::TrainError;
-use crate::jobs::{JobRecord, JobState, Jobs};
+use crate::jobs::{self, JobRecord, JobState, Jobs};
+use crate::labeled::{Cell, LabeledRow};
 use crate::spec::{Gate, RawRequest};
 use crate::train::{Progress, Stage};
 use evergreen_proto::codes::from_name as code_from_name;
@@ -96,6 +97,30 @@ fn request_to_proto(r: &RawRequest) -> TrainRequest {
         tags: r.tags.clone().into_iter().collect(),
         impute: r.impute.clone(),
         profile_bins: r.profile_bins,
+    }
+}
+
+fn cell(v: pb::Value) -> Cell {
+    match v.kind {
+        None => Cell::Missing,
+        Some(pb::value::Kind::Number(x)) => Cell::Number(x),
+        Some(pb::value::Kind::Category(s)) => Cell::Category(s),
+    }
+}
+
+fn labeled_from(r: pb::LabeledRow) -> LabeledRow {
+    let features = r.features.unwrap_or_default();
+    let mut named: Vec<(String, Cell)> = features
+        .named
+        .into_iter()
+        .map(|(k, v)| (k, cell(v)))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    LabeledRow {
+        values: features.values.into_iter().map(cell).collect(),
+        named,
+        label: r.label,
+        value: r.value,
     }
 }
 
@@ -185,7 +210,8 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<TrainEvent, Status>> + Send>
 
 impl TrainerGrpc {
     pub fn server(jobs: Arc<Jobs>) -> TrainerServer<Self> {
-        TrainerServer::new(TrainerGrpc { jobs })
+        // Retrain carries labeled rows (up to a million).
+        TrainerServer::new(TrainerGrpc { jobs }).max_decoding_message_size(256 << 20)
     }
 
     /// Streams a job's progress, then its end: the finished job, or the
@@ -308,9 +334,17 @@ impl TrainerApi for TrainerGrpc {
             metric,
             min_improvement,
         });
+        let request = jobs::RetrainRequest {
+            model: r.model,
+            alias: r.alias,
+            dataset_uri: r.dataset_uri,
+            reason: r.reason,
+            gate,
+            rows: r.rows.into_iter().map(labeled_from).collect(),
+        };
         let job = self
             .jobs
-            .retrain(&r.model, &r.alias, &r.dataset_uri, &r.reason, gate, &actor)
+            .retrain(request, &actor)
             .await
             .map_err(to_status)?;
         Ok(Response::new(job_to_proto(&job)))

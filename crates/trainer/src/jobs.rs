@@ -7,7 +7,7 @@
 //! per running job.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -18,8 +18,9 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::data::{self, Selection};
 use crate::error::TrainError;
+use crate::labeled::{self, LabeledRow};
 use crate::registry::{NewVersion, Registry};
-use crate::spec::{Gate, RawRequest, Recipe, TrainSpec};
+use crate::spec::{self, Gate, RawRequest, Recipe, TrainSpec};
 use crate::train::{self, Champion, GateOutcome, Inputs, Progress, Stage, PRODUCER};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +76,23 @@ pub struct Jobs {
     live: Mutex<HashMap<String, Live>>,
     permits: Arc<Semaphore>,
     registry: Registry,
+    /// The trainer's data dir (absolute); retrain data goes to `retrain/`.
+    dir: PathBuf,
+}
+
+/// What `Retrain` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct RetrainRequest {
+    pub model: String,
+    /// The version whose recipe is reused; empty: `production` (the latest
+    /// version when there is no such alias).
+    pub alias: String,
+    /// Empty: that version's own training data (its lineage).
+    pub dataset_uri: String,
+    pub reason: String,
+    pub gate: Option<Gate>,
+    /// Added to the data, positional in that version's feature order.
+    pub rows: Vec<LabeledRow>,
 }
 
 fn now_ms() -> i64 {
@@ -103,7 +121,9 @@ impl Jobs {
             }
         }
         db.flush()?;
+        let dir = std::path::absolute(dir)?;
         Ok(Arc::new(Jobs {
+            dir,
             db,
             tree,
             live: Mutex::new(HashMap::new()),
@@ -201,45 +221,96 @@ impl Jobs {
     }
 
     /// Retrains `model` with the recipe of the version behind `alias`
-    /// (the latest version when the alias does not exist).
+    /// (the latest version when the alias does not exist), on `dataset_uri`
+    /// or that version's own training data, plus `rows` when there are any
+    /// (written with the base data to a new file under `<data_dir>/retrain`,
+    /// which the new version's lineage records). Bad rows fail the call:
+    /// nothing is written and no job is created.
     pub async fn retrain(
         self: &Arc<Self>,
-        model: &str,
-        alias: &str,
-        dataset_uri: &str,
-        reason: &str,
-        gate: Option<Gate>,
+        r: RetrainRequest,
         actor: &str,
     ) -> Result<JobRecord, TrainError> {
+        let model = r.model.as_str();
         evergreen_proto::names::check_name("model name", model)
             .map_err(TrainError::InvalidArgument)?;
-        let alias = if alias.is_empty() {
+        if r.rows.len() > labeled::MAX_ROWS {
+            return Err(TrainError::InvalidArgument(format!(
+                "rows: {} labeled rows; at most {} per retrain",
+                r.rows.len(),
+                labeled::MAX_ROWS
+            )));
+        }
+        let alias = if r.alias.is_empty() {
             "production"
         } else {
-            alias
+            &r.alias
         };
-        let version = match self.registry.version_at(model, alias).await? {
-            Some(v) => v.version,
-            None => self.registry.latest_version(model).await?.ok_or_else(|| {
-                TrainError::NotFound(format!(
-                    "model {model:?} has no versions to take a recipe from"
-                ))
-            })?,
+        let (version, record) = match self.registry.version_at(model, alias).await? {
+            Some(v) => (v.version, Some(v)),
+            None => (
+                self.registry.latest_version(model).await?.ok_or_else(|| {
+                    TrainError::NotFound(format!(
+                        "model {model:?} has no versions to take a recipe from"
+                    ))
+                })?,
+                None,
+            ),
         };
+        let at = format!("{model}/{version}");
         let current = self.registry.load_model(model, version).await?;
         let recipe: Recipe = serde_json::from_str(&current.training.recipe).map_err(|e| {
             TrainError::FailedPrecondition(format!(
-                "{model}/{version} has no usable recipe ({e}); train it with an explicit request"
+                "{at} has no usable recipe ({e}); train it with an explicit request"
             ))
         })?;
-        let raw = RawRequest {
+        let base_uri = if r.dataset_uri.is_empty() {
+            let record = match record {
+                Some(v) => v,
+                None => self.registry.version(model, version).await?,
+            };
+            own_training_data(&at, record.lineage.unwrap_or_default())?
+        } else {
+            r.dataset_uri.clone()
+        };
+        let n = r.rows.len();
+        let mut reason = format!("retrain of {at}");
+        if !r.reason.is_empty() {
+            reason = format!("{reason}: {}", r.reason);
+        }
+        if n > 0 {
+            let s = if n == 1 { "" } else { "s" };
+            reason = format!("{reason} (+{n} labeled row{s})");
+        }
+        let mut raw = RawRequest {
             model: model.to_string(),
-            dataset_uri: dataset_uri.to_string(),
-            reason: format!("retrain of {model}/{version}: {reason}"),
-            gate: gate.map(|g| (g.alias, g.metric, g.min_improvement)),
+            dataset_uri: base_uri.clone(),
+            reason,
+            gate: r.gate.map(|g| (g.alias, g.metric, g.min_improvement)),
             ..recipe.to_raw()
         };
-        self.submit(raw, actor)
+        if r.rows.is_empty() {
+            return self.submit(raw, actor);
+        }
+        // The request must be good before anything is written.
+        raw.clone().validate()?;
+        let base = spec::dataset_path(&base_uri)?;
+        let header = data::read_header(&base)?;
+        let schema = current.schema.clone();
+        let dir = self.dir.join("retrain");
+        let (name, rows) = (model.to_string(), r.rows);
+        let (path, fresh) = tokio::task::spawn_blocking(move || {
+            labeled::check(&rows, &schema, &header, &base, &at)?;
+            labeled::write(&rows, &schema, &header, &base, &dir, &name, &at)
+        })
+        .await
+        .map_err(|e| TrainError::Internal(format!("writing retrain data failed: {e}")))??;
+        raw.dataset_uri = path.display().to_string();
+        let job = self.submit(raw, actor);
+        if job.is_err() && fresh {
+            let _ = std::fs::remove_file(&path);
+        }
+        job
     }
 
     fn start(
@@ -489,6 +560,27 @@ impl Jobs {
             j.gate = gate;
         });
         Ok(())
+    }
+}
+
+/// The dataset `at` (model/version) was trained on, from its lineage, if
+/// it is still there.
+fn own_training_data(at: &str, lineage: pb::Lineage) -> Result<String, TrainError> {
+    let uri = lineage.dataset_uri;
+    if uri.is_empty() {
+        return Err(TrainError::FailedPrecondition(format!(
+            "{at} records no training data (its lineage has no dataset_uri); pass dataset_uri"
+        )));
+    }
+    let gone = |why: &str| {
+        TrainError::FailedPrecondition(format!(
+            "the training data of {at}, {uri}, {why}; pass dataset_uri"
+        ))
+    };
+    match spec::dataset_path(&uri) {
+        Ok(p) if p.is_file() => Ok(uri.clone()),
+        Ok(_) => Err(gone("no longer exists")),
+        Err(_) => Err(gone("is not a local file")),
     }
 }
 

@@ -5,7 +5,8 @@
 //!
 //! Code map: `data` (CSV → typed columns), `spec` (request validation and
 //! the stored recipe), `train` (the computation), `jobs` (queue, cancel,
-//! persistence, registration), `registry` (client side of the registry
+//! persistence, registration, retrain), `labeled` (labeled rows appended to
+//! a retrain's data), `registry` (client side of the registry
 //! contract), `grpc` (the tonic adapter), `config`, `error`.
 
 pub mod config;
@@ -13,6 +14,7 @@ pub mod data;
 pub mod error;
 pub mod grpc;
 pub mod jobs;
+pub mod labeled;
 pub mod registry;
 pub mod spec;
 pub mod train;

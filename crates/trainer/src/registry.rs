@@ -1,5 +1,5 @@
-//! The trainer's side of the registry contract: fetch a champion or a
-//! recipe, register a version, move an alias by compare-and-set.
+//! The trainer's side of the registry contract: fetch a champion, a
+//! recipe or a version's lineage, register a version, move an alias by compare-and-set.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -97,6 +97,20 @@ impl Registry {
         match self.client.clone().get_version(req).await {
             Ok(v) => Ok(Some(v.into_inner())),
             Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(TrainError::from_status(s)),
+        }
+    }
+
+    /// The version `model/version`.
+    pub async fn version(&self, model: &str, version: u64) -> Result<pb::ModelVersion, TrainError> {
+        let req = GetVersionRequest {
+            r#ref: Some(VersionRef {
+                model: model.to_string(),
+                selector: Some(Selector::Version(version)),
+            }),
+        };
+        match self.client.clone().get_version(req).await {
+            Ok(v) => Ok(v.into_inner()),
             Err(s) => Err(TrainError::from_status(s)),
         }
     }
