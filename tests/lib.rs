@@ -25,6 +25,8 @@ pub struct Sandbox {
     pub monitor_addr: Option<SocketAddr>,
     server: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
     server_config: Option<ServerConfig>,
+    monitor: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
+    monitor_config: Option<evergreen_monitor::MonitorConfig>,
     dir: Option<tempfile::TempDir>,
     data_dir: PathBuf,
     config: RegistryConfig,
@@ -36,12 +38,14 @@ type ConfigTweak = Box<dyn FnOnce(&mut RegistryConfig)>;
 
 type ServerTweak = Box<dyn FnOnce(&mut ServerConfig)>;
 
+type MonitorTweak = Box<dyn FnOnce(&mut evergreen_monitor::MonitorConfig)>;
+
 #[derive(Default)]
 pub struct SandboxBuilder {
     tweak: Option<ConfigTweak>,
     trainer: bool,
     server: Option<ServerTweak>,
-    monitor: bool,
+    monitor: Option<MonitorTweak>,
 }
 
 impl SandboxBuilder {
@@ -58,8 +62,17 @@ impl SandboxBuilder {
     }
 
     /// Also start a monitor; a server (if any) logs its predictions to it.
-    pub fn monitor(mut self) -> Self {
-        self.monitor = true;
+    pub fn monitor(self) -> Self {
+        self.monitor_with(|_| {})
+    }
+
+    /// A monitor with an adjusted config (data dir, registry and trainer
+    /// URLs are the sandbox's).
+    pub fn monitor_with(
+        mut self,
+        f: impl FnOnce(&mut evergreen_monitor::MonitorConfig) + 'static,
+    ) -> Self {
+        self.monitor = Some(Box::new(f));
         self
     }
 
@@ -83,6 +96,14 @@ impl SandboxBuilder {
             data_dir: dir.path().join("trainer"),
             ..Default::default()
         });
+        let monitor_config = self.monitor.map(|f| {
+            let mut c = evergreen_monitor::MonitorConfig {
+                data_dir: dir.path().join("monitor"),
+                ..Default::default()
+            };
+            f(&mut c);
+            c
+        });
         let server_config = self.server.map(|f| {
             let mut c = ServerConfig::default();
             f(&mut c);
@@ -95,6 +116,8 @@ impl SandboxBuilder {
             trainer_config,
             server_addr: None,
             monitor_addr: None,
+            monitor: None,
+            monitor_config,
             server: None,
             server_config,
             dir: Some(dir),
@@ -107,7 +130,7 @@ impl SandboxBuilder {
         if sandbox.trainer_config.is_some() {
             sandbox.boot_trainer().await;
         }
-        if self.monitor {
+        if sandbox.monitor_config.is_some() {
             sandbox.boot_monitor().await;
         }
         if sandbox.server_config.is_some() {
@@ -180,17 +203,45 @@ impl Sandbox {
     }
 
     async fn boot_monitor(&mut self) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        // A restart binds the same port, so the server's log stream finds it.
+        let listener = TcpListener::bind(self.monitor_addr.unwrap_or(([127, 0, 0, 1], 0).into()))
+            .await
+            .expect("bind");
         self.monitor_addr = Some(listener.local_addr().unwrap());
-        let config = evergreen_monitor::MonitorConfig {
-            registry_url: self.registry_url(),
-            ..Default::default()
-        };
-        tokio::spawn(evergreen_monitor::run(
-            config,
-            listener,
-            std::future::pending(),
-        ));
+        let mut config = self
+            .monitor_config
+            .clone()
+            .expect("a monitor was asked for");
+        config.registry_url = self.registry_url();
+        config.trainer_url = self
+            .trainer_addr
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            evergreen_monitor::run(config, listener, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        self.monitor = Some((tx, task));
+    }
+
+    /// Stops the monitor gracefully (it flushes its windows) and starts it
+    /// again on the same port and data dir.
+    pub async fn restart_monitor(&mut self) {
+        if let Some((tx, task)) = self.monitor.take() {
+            let _ = tx.send(());
+            task.await
+                .expect("monitor task panicked")
+                .expect("monitor stopped cleanly");
+        }
+        self.boot_monitor().await;
+    }
+
+    /// Whether the monitor task is still running.
+    pub fn monitor_running(&self) -> bool {
+        self.monitor.as_ref().is_some_and(|(_, t)| !t.is_finished())
     }
 
     pub async fn monitor(&self) -> evergreen_proto::v1::monitor_client::MonitorClient<Channel> {
@@ -317,6 +368,10 @@ impl Drop for Sandbox {
         if let Some((tx, _)) = self.server.take() {
             let _ = tx.send(());
         }
+        if let Some((tx, _)) = self.monitor.take() {
+            let _ = tx.send(());
+        }
+
         if let Some((tx, _)) = self.trainer.take() {
             let _ = tx.send(());
         }
@@ -327,16 +382,18 @@ impl Drop for Sandbox {
     }
 }
 
-/// A stand-in monitor that records the prediction log it receives (the real
-/// monitor is issue #5).
+/// A stand-in monitor that records the prediction log it receives, to
+/// assert what the server ships (the real monitor is `Sandbox::monitor`).
 pub mod monitor {
     use std::net::SocketAddr;
     use std::sync::{Arc, Mutex};
 
     use evergreen_proto::v1::monitor_server::{Monitor, MonitorServer};
     use evergreen_proto::v1::{
-        DriftReport, GetDriftRequest, LogPredictionsResponse, PredictionLog, PredictionLogBatch,
-        RecordFeedbackRequest, RecordFeedbackResponse,
+        DriftReport, GetDriftRequest, GetPolicyRequest, GetReportRequest, ListSignalsRequest,
+        ListSignalsResponse, LogPredictionsResponse, Policy, PredictionLog, PredictionLogBatch,
+        RecordFeedbackRequest, RecordFeedbackResponse, Report, SetPolicyRequest, Signal,
+        WatchSignalsRequest,
     };
     use tonic::{Request, Response, Status, Streaming};
 
@@ -371,6 +428,37 @@ pub mod monitor {
             &self,
             _: Request<GetDriftRequest>,
         ) -> Result<Response<DriftReport>, Status> {
+            Err(Status::unimplemented("test monitor"))
+        }
+        async fn get_report(
+            &self,
+            _: Request<GetReportRequest>,
+        ) -> Result<Response<Report>, Status> {
+            Err(Status::unimplemented("test monitor"))
+        }
+        async fn set_policy(
+            &self,
+            _: Request<SetPolicyRequest>,
+        ) -> Result<Response<Policy>, Status> {
+            Err(Status::unimplemented("test monitor"))
+        }
+        async fn get_policy(
+            &self,
+            _: Request<GetPolicyRequest>,
+        ) -> Result<Response<Policy>, Status> {
+            Err(Status::unimplemented("test monitor"))
+        }
+        async fn list_signals(
+            &self,
+            _: Request<ListSignalsRequest>,
+        ) -> Result<Response<ListSignalsResponse>, Status> {
+            Err(Status::unimplemented("test monitor"))
+        }
+        type WatchSignalsStream = tokio_stream::wrappers::ReceiverStream<Result<Signal, Status>>;
+        async fn watch_signals(
+            &self,
+            _: Request<WatchSignalsRequest>,
+        ) -> Result<Response<Self::WatchSignalsStream>, Status> {
             Err(Status::unimplemented("test monitor"))
         }
     }

@@ -301,6 +301,8 @@ impl TrainCtx {
             dataset_uri: dataset_uri(&data),
             alias,
             gate,
+            // `rows` (labeled rows to add) is the monitor's; the CLI sends a file.
+            ..Default::default()
         };
         let job = self.client.retrain(self.req(req)).await?.into_inner();
         if detach {

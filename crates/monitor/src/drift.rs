@@ -104,6 +104,18 @@ impl NumericWindow {
     pub fn count(&self) -> u64 {
         self.counts.iter().sum()
     }
+
+    pub fn merge(&mut self, o: &NumericWindow) {
+        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
+            *a += b;
+        }
+        for (a, b) in self.sums.iter_mut().zip(&o.sums) {
+            *a += b;
+        }
+        self.missing += o.missing;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+    }
 }
 
 fn proportions(counts: &[u64]) -> Vec<f64> {
@@ -319,7 +331,51 @@ pub fn categorical_drift(reference: &[u64], current: &[u64]) -> FeatureDrift {
     }
 }
 
+/// A chosen test (a policy override) instead of the default rule; `threshold`
+/// overrides the test's default (a p-value for KS/χ², a distance otherwise).
+/// `reference`/`current` are binned counts; `numeric` carries the profile
+/// and window when the feature is numeric (for Wasserstein).
+pub fn verdict(
+    test: Test,
+    threshold: Option<f64>,
+    reference: &[u64],
+    current: &[u64],
+    numeric: Option<(&NumericProfile, &NumericWindow)>,
+) -> FeatureDrift {
+    let t = threshold.unwrap_or(test.default_threshold());
+    let (statistic, p_value) = match (test, numeric) {
+        (Test::Ks, _) => {
+            let (d, p) = ks(reference, current);
+            (d, Some(p))
+        }
+        (Test::ChiSquare, _) => {
+            let (s, p) = chi_square(reference, current);
+            (s, Some(p))
+        }
+        (Test::Psi, _) => (psi(reference, current), None),
+        (Test::JensenShannon, _) => (jensen_shannon(reference, current), None),
+        (Test::Wasserstein, Some((r, w))) => {
+            let d = wasserstein(r, w);
+            (if r.std > 0.0 { d / r.std } else { d }, None)
+        }
+        // Wasserstein needs an ordered axis: categories fall back to JS.
+        (Test::Wasserstein, None) => (jensen_shannon(reference, current), None),
+    };
+    let drifted = match p_value {
+        Some(p) => p < t,
+        None => statistic >= t,
+    };
+    FeatureDrift {
+        test,
+        statistic,
+        p_value,
+        threshold: t,
+        drifted,
+    }
+}
+
 /// Dataset-level drift: the share of drifted features reaches `share`.
+
 pub fn dataset_drift(features: &[FeatureDrift], share: f64) -> bool {
     !features.is_empty()
         && features.iter().filter(|f| f.drifted).count() as f64 / features.len() as f64 >= share

@@ -1,21 +1,25 @@
-//! Evergreen's monitor (issue #5, in progress): receives the prediction log
-//! from servers and measures data drift per feature against each version's
-//! reference profile, from binned counts in O(bins) memory per feature.
+//! Evergreen's monitor (issue #5): receives the prediction log from servers
+//! and delayed labels from callers; measures data and prediction drift,
+//! realized and estimated (CBPE) performance and service health per
+//! tumbling window of each version, against the reference profile frozen in
+//! its artifact; and acts on a model's policy: RETRAIN through the trainer,
+//! ROLLBACK and RETIRE through the registry.
 //!
-//! Code map: `drift` (statistics), `special` (p-value functions), `window`
-//! (a version's binned live window), `service` (ingest and reports),
-//! `grpc` (the tonic adapter), `config`.
-//!
-//! Not yet (see the issue): delayed labels and realized performance,
-//! confidence-based estimation, tumbling/time windows and their
-//! persistence, prediction drift, policies and the retrain / rollback /
-//! retire signals.
+//! Code map: `drift` (statistics), `special` (p-value functions), `perf`
+//! (performance and health accumulators), `window` (a version's binned
+//! window), `service` (ingest, labels, windows, reports), `policy`,
+//! `actions` (breach runs → signals → actions), `store` (sled), `grpc`
+//! (the tonic adapter), `config`.
 
+pub mod actions;
 pub mod config;
 pub mod drift;
 pub mod grpc;
+pub mod perf;
+pub mod policy;
 pub mod service;
 pub mod special;
+pub mod store;
 pub mod window;
 
 use std::future::Future;
@@ -30,18 +34,57 @@ use tonic::transport::Channel;
 pub use crate::config::MonitorConfig;
 use crate::grpc::MonitorGrpc;
 
-/// Runs the monitor on `listener` until `shutdown` resolves.
+fn channel(key: &str, url: &str) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(url.to_string())
+        .map_err(|e| anyhow::anyhow!("invalid monitor.{key}: {e}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .connect_lazy())
+}
+
+/// Runs the monitor on `listener` until `shutdown` resolves; window state
+/// is flushed to disk before it returns.
 pub async fn run(
     config: MonitorConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     config.validate()?;
-    let registry = Channel::from_shared(config.registry_url.clone())
-        .map_err(|e| anyhow::anyhow!("invalid monitor.registry_url: {e}"))?
-        .connect_timeout(Duration::from_secs(3))
-        .connect_lazy();
-    let monitor = Arc::new(service::Monitor::new(registry, config.drift_share));
+    let registry = channel("registry_url", &config.registry_url)?;
+    let trainer = if config.trainer_url.is_empty() {
+        None
+    } else {
+        Some(channel("trainer_url", &config.trainer_url)?)
+    };
+    let (actions_tx, mut actions_rx) = tokio::sync::mpsc::unbounded_channel();
+    let persist_every = Duration::from_millis(config.persist_ms);
+    let monitor = Arc::new(service::Monitor::open(
+        config, registry, trainer, actions_tx,
+    )?);
+
+    // One action at a time, in the order the breaches were found.
+    let m = monitor.clone();
+    let actor = tokio::spawn(async move {
+        while let Some(c) = actions_rx.recv().await {
+            m.act(c).await;
+        }
+    });
+    // Time-based window closing and periodic persistence.
+    let m = monitor.clone();
+    let ticker = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut persist = tokio::time::interval(persist_every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => m.tick(service::now()),
+                _ = persist.tick() => {
+                    if let Err(e) = m.persist() {
+                        tracing::error!(error = %e, "cannot persist window state");
+                    }
+                }
+            }
+        }
+    });
+
     let (health_reporter, health) = evergreen_runtime::tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<MonitorServer<MonitorGrpc>>()
@@ -49,7 +92,11 @@ pub async fn run(
     let mut routes = RoutesBuilder::default();
     routes
         .add_service(health)
-        .add_service(MonitorGrpc::server(monitor));
+        .add_service(MonitorGrpc::server(monitor.clone()));
     tracing::info!(addr = %listener.local_addr()?, "monitor serving");
-    evergreen_runtime::serve(listener, routes, shutdown).await
+    let served = evergreen_runtime::serve(listener, routes, shutdown).await;
+    ticker.abort();
+    actor.abort();
+    monitor.persist()?;
+    served
 }

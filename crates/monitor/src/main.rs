@@ -20,13 +20,22 @@ struct Args {
     /// Registry URL [default: http://127.0.0.1:7400].
     #[arg(long)]
     registry: Option<String>,
+    /// Trainer URL, for RETRAIN [default: http://127.0.0.1:7401].
+    #[arg(long)]
+    trainer: Option<String>,
+    /// Data directory [default: .evergreen/monitor].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let sources = ConfigSources::from_process(args.config)
         .flag("listen", args.listen)
-        .flag("registry_url", args.registry);
+        .flag("registry_url", args.registry)
+        .flag("trainer_url", args.trainer)
+        .flag("data_dir", args.data_dir.map(|p| p.display().to_string()));
+
     evergreen_runtime::daemon_main::<MonitorConfig, _, _>(
         "evergreen-monitor",
         "monitor",

@@ -1,12 +1,18 @@
-//! A version's live window: every logged row binned feature by feature on
-//! the version's reference profile. O(bins) memory per feature.
+//! A version's window: every logged row binned feature by feature on the
+//! version's reference profile, the model's answers, realized and estimated
+//! performance, and service health. O(bins) memory per feature, whatever
+//! the traffic; serializable, so it survives a restart.
 
-use evergreen_model::profile::{CategoricalProfile, FeatureProfile, PredictionProfile, Profile};
+use evergreen_model::profile::{
+    CategoricalProfile, FeatureProfile, PredictionProfile, Profile, PROBABILITY_BINS,
+};
 use evergreen_model::schema::Value;
+use serde::{Deserialize, Serialize};
 
 use crate::drift::{self, FeatureDrift, NumericWindow};
+use crate::perf::{ClassPerf, HealthCounts, Realized, RegPerf};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FeatureWindow {
     Numeric(NumericWindow),
     /// Counts per reference category (same order), then categories the
@@ -19,18 +25,33 @@ pub enum FeatureWindow {
 }
 
 /// What the model answered over the window, for prediction drift.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PredictionWindow {
-    /// Predicted-class counts, by class index.
-    Classes(Vec<u64>),
+    /// Predicted-class counts, by class index, and per class the counts of
+    /// its probability in `PROBABILITY_BINS` equal-width bins (as the
+    /// profile keeps them).
+    Classes {
+        counts: Vec<u64>,
+        probabilities: Vec<Vec<u64>>,
+    },
     Values(NumericWindow),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Window {
+    /// 1, 2, ... per version (0 for the long window).
+    pub seq: u64,
+    /// Unix seconds: opened, and closed (0 while open).
+    pub start: f64,
+    pub end: f64,
     pub rows: u64,
     pub features: Vec<FeatureWindow>,
     pub predictions: PredictionWindow,
+    /// Labels matched to this window's predictions.
+    pub realized: Realized,
+    /// CBPE accumulators (classifiers).
+    pub estimated: Option<ClassPerf>,
+    pub health: HealthCounts,
 }
 
 /// One logged answer: class probabilities (classification) or a value.
@@ -40,12 +61,25 @@ pub enum Answer<'a> {
     Value(f64),
 }
 
+/// Ground truth: a class index or a value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Truth {
+    Class(usize),
+    Value(f64),
+}
+
+fn add(a: &mut [u64], b: &[u64]) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+}
+
 fn category_index(p: &CategoricalProfile, s: &str) -> Option<usize> {
     p.categories.binary_search_by(|c| c.as_str().cmp(s)).ok()
 }
 
 impl Window {
-    pub fn new(profile: &Profile) -> Self {
+    pub fn new(profile: &Profile, seq: u64, start: f64) -> Self {
         let features = profile
             .features
             .iter()
@@ -58,24 +92,178 @@ impl Window {
                 },
             })
             .collect();
-        let predictions = match &profile.predictions {
+        let (predictions, realized, estimated) = match &profile.predictions {
             PredictionProfile::Classification { class_counts, .. } => {
-                PredictionWindow::Classes(vec![0; class_counts.len()])
+                let k = class_counts.len();
+                (
+                    PredictionWindow::Classes {
+                        counts: vec![0; k],
+                        probabilities: vec![vec![0; PROBABILITY_BINS]; k],
+                    },
+                    Realized::Class(ClassPerf::new(k)),
+                    Some(ClassPerf::new(k)),
+                )
             }
-            PredictionProfile::Regression(p) => PredictionWindow::Values(NumericWindow::new(p)),
+            PredictionProfile::Regression(p) => (
+                PredictionWindow::Values(NumericWindow::new(p)),
+                Realized::Reg(RegPerf::default()),
+                None,
+            ),
         };
         Window {
+            seq,
+            start,
+            end: 0.0,
             rows: 0,
             features,
             predictions,
+            realized,
+            estimated,
+            health: HealthCounts::default(),
+        }
+    }
+
+    /// Whether the window has the shape `profile` gives (a persisted window
+    /// of another artifact would not).
+    pub fn fits(&self, profile: &Profile) -> bool {
+        let fresh = Window::new(profile, 0, 0.0);
+        self.features.len() == fresh.features.len()
+            && self
+                .features
+                .iter()
+                .zip(&fresh.features)
+                .all(|(a, b)| match (a, b) {
+                    (FeatureWindow::Numeric(a), FeatureWindow::Numeric(b)) => {
+                        a.counts.len() == b.counts.len()
+                    }
+                    (
+                        FeatureWindow::Categorical { counts: a, .. },
+                        FeatureWindow::Categorical { counts: b, .. },
+                    ) => a.len() == b.len(),
+                    _ => false,
+                })
+            && match (&self.predictions, &fresh.predictions) {
+                (
+                    PredictionWindow::Classes { counts: a, .. },
+                    PredictionWindow::Classes { counts: b, .. },
+                ) => a.len() == b.len(),
+                (PredictionWindow::Values(a), PredictionWindow::Values(b)) => {
+                    a.counts.len() == b.counts.len()
+                }
+                _ => false,
+            }
+    }
+
+    /// Adds everything `other` (a window of the same profile) counted.
+    pub fn merge(&mut self, other: &Window) {
+        self.rows += other.rows;
+        for (a, b) in self.features.iter_mut().zip(&other.features) {
+            match (a, b) {
+                (FeatureWindow::Numeric(a), FeatureWindow::Numeric(b)) => a.merge(b),
+                (
+                    FeatureWindow::Categorical {
+                        counts,
+                        unseen,
+                        missing,
+                    },
+                    FeatureWindow::Categorical {
+                        counts: c2,
+                        unseen: u2,
+                        missing: m2,
+                    },
+                ) => {
+                    add(counts, c2);
+                    *unseen += u2;
+                    *missing += m2;
+                }
+                _ => {}
+            }
+        }
+        match (&mut self.predictions, &other.predictions) {
+            (
+                PredictionWindow::Classes {
+                    counts,
+                    probabilities,
+                },
+                PredictionWindow::Classes {
+                    counts: c2,
+                    probabilities: p2,
+                },
+            ) => {
+                add(counts, c2);
+                for (a, b) in probabilities.iter_mut().zip(p2) {
+                    add(a, b);
+                }
+            }
+            (PredictionWindow::Values(a), PredictionWindow::Values(b)) => a.merge(b),
+            _ => {}
+        }
+        self.realized.merge(&other.realized);
+        if let (Some(a), Some(b)) = (&mut self.estimated, &other.estimated) {
+            a.merge(b);
+        }
+        self.health.merge(&other.health);
+    }
+
+    /// A label for one of this window's predictions.
+    pub fn add_label(&mut self, answer: Answer, truth: Truth) {
+        match (&mut self.realized, answer, truth) {
+            (Realized::Class(c), Answer::Probabilities(p), Truth::Class(t)) => c.add_labeled(p, t),
+            (Realized::Reg(r), Answer::Value(v), Truth::Value(t)) => r.add(v, t),
+            _ => {}
+        }
+    }
+
+    /// Per class, its predicted probability against the holdout's.
+    pub fn probability_drift(&self, profile: &Profile) -> Vec<(FeatureDrift, f64, u64)> {
+        match (&self.predictions, &profile.predictions) {
+            (
+                PredictionWindow::Classes { probabilities, .. },
+                PredictionProfile::Classification {
+                    probability_counts, ..
+                },
+            ) => probabilities
+                .iter()
+                .zip(probability_counts)
+                .map(|(cur, reference)| {
+                    let (d, p) = drift::ks(reference, cur);
+                    let t = drift::Test::Ks.default_threshold();
+                    (
+                        FeatureDrift {
+                            test: drift::Test::Ks,
+                            statistic: d,
+                            p_value: Some(p),
+                            threshold: t,
+                            drifted: p < t,
+                        },
+                        drift::psi(reference, cur),
+                        cur.iter().sum(),
+                    )
+                })
+                .collect(),
+            _ => vec![],
         }
     }
 
     /// Adds one answer of the model.
     pub fn push_answer(&mut self, profile: &Profile, answer: Answer) {
         match (&mut self.predictions, answer, &profile.predictions) {
-            (PredictionWindow::Classes(c), Answer::Probabilities(p), _) if p.len() == c.len() => {
-                c[evergreen_model::tree::argmax(p)] += 1;
+            (
+                PredictionWindow::Classes {
+                    counts,
+                    probabilities,
+                },
+                Answer::Probabilities(p),
+                _,
+            ) if p.len() == counts.len() => {
+                counts[evergreen_model::tree::argmax(p)] += 1;
+                for (h, q) in probabilities.iter_mut().zip(p) {
+                    let b = ((q * PROBABILITY_BINS as f64) as usize).min(PROBABILITY_BINS - 1);
+                    h[b] += 1;
+                }
+                if let Some(e) = &mut self.estimated {
+                    e.add_expected(p);
+                }
             }
             (PredictionWindow::Values(w), Answer::Value(v), PredictionProfile::Regression(p)) => {
                 w.push(&p.edges, v)
@@ -88,7 +276,7 @@ impl Window {
     pub fn prediction_drift(&self, profile: &Profile) -> (FeatureDrift, f64, u64) {
         match (&self.predictions, &profile.predictions) {
             (
-                PredictionWindow::Classes(c),
+                PredictionWindow::Classes { counts: c, .. },
                 PredictionProfile::Classification { class_counts, .. },
             ) => (
                 drift::categorical_drift(class_counts, c),
@@ -142,39 +330,56 @@ impl Window {
         }
     }
 
-    /// Per-feature verdicts plus PSI, with Evidently's default tests.
-    pub fn drift(&self, profile: &Profile) -> Vec<(FeatureDrift, f64, u64, u64)> {
+    /// Per-feature verdicts plus PSI, count and missing: Evidently's default
+    /// test per feature unless `choose(i)` names a test and/or threshold.
+    pub fn drift(
+        &self,
+        profile: &Profile,
+        choose: impl Fn(usize) -> (Option<drift::Test>, Option<f64>),
+    ) -> Vec<(FeatureDrift, f64, u64, u64)> {
         self.features
             .iter()
             .zip(&profile.features)
-            .map(|(w, p)| match (w, p) {
-                (FeatureWindow::Numeric(w), FeatureProfile::Numeric(p)) => (
-                    drift::numeric_drift(p, w),
-                    drift::psi(&p.counts, &w.counts),
-                    w.count(),
-                    w.missing,
-                ),
-                (
-                    FeatureWindow::Categorical {
-                        counts,
-                        unseen,
-                        missing,
-                    },
-                    FeatureProfile::Categorical(p),
-                ) => {
-                    let mut r = p.counts.clone();
-                    r.push(0);
-                    let mut c = counts.clone();
-                    c.push(*unseen);
-                    let n = c.iter().sum();
+            .enumerate()
+            .map(|(i, (w, p))| {
+                let (test, threshold) = choose(i);
+                match (w, p) {
+                    (FeatureWindow::Numeric(w), FeatureProfile::Numeric(p)) => {
+                        let mut v = match test {
+                            Some(t) => {
+                                drift::verdict(t, threshold, &p.counts, &w.counts, Some((p, w)))
+                            }
+                            None => drift::numeric_drift(p, w),
+                        };
+                        if let (None, Some(t)) = (test, threshold) {
+                            v = drift::verdict(v.test, Some(t), &p.counts, &w.counts, Some((p, w)));
+                        }
+                        (v, drift::psi(&p.counts, &w.counts), w.count(), w.missing)
+                    }
                     (
-                        drift::categorical_drift(&r, &c),
-                        drift::psi(&r, &c),
-                        n,
-                        *missing,
-                    )
+                        FeatureWindow::Categorical {
+                            counts,
+                            unseen,
+                            missing,
+                        },
+                        FeatureProfile::Categorical(p),
+                    ) => {
+                        let mut r = p.counts.clone();
+                        r.push(0);
+                        let mut c = counts.clone();
+                        c.push(*unseen);
+                        let n = c.iter().sum();
+                        let mut v = match test {
+                            Some(t) => drift::verdict(t, threshold, &r, &c, None),
+                            None => drift::categorical_drift(&r, &c),
+                        };
+                        if let (None, Some(t)) = (test, threshold) {
+                            v = drift::verdict(v.test, Some(t), &r, &c, None);
+                        }
+                        (v, drift::psi(&r, &c), n, *missing)
+                    }
+                    _ => unreachable!("windows are built from the same profile"),
                 }
-                _ => unreachable!("windows are built from the same profile"),
             })
             .collect()
     }

@@ -112,6 +112,8 @@ short_name! {
     FeatureType => "FEATURE_TYPE_",
     JobState => "JOB_STATE_",
     Stage => "STAGE_",
+    SignalKind => "SIGNAL_KIND_",
+    WindowKind => "WINDOW_KIND_",
 }
 
 #[cfg(test)]

@@ -134,8 +134,14 @@ impl Predictor for PredictorGrpc {
             &r.request_id
         });
         let route = s.route(&r.model, &request_id).await.map_err(to_status)?;
-        let rows = rows_to_values(&route, &r.rows, s.config.max_batch_rows).map_err(to_status)?;
-        let outputs = s.score(&route, &rows).map_err(to_status)?;
+        let (rows, outputs) = rows_to_values(&route, &r.rows, s.config.max_batch_rows)
+            .and_then(|rows| Ok((s.score(&route, &rows)?, rows)))
+            .map(|(outputs, rows)| (rows, outputs))
+            .map_err(|e| {
+                s.failed(&route, &request_id, &e, start.elapsed());
+                to_status(e)
+            })?;
+
         let labels: Vec<String> = route
             .primary
             .artifact

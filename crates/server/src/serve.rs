@@ -193,7 +193,29 @@ impl Server {
         score_with(&route.primary, rows)
     }
 
+    /// Logs a request that failed after routing (bad rows), so that the
+    /// monitor's error rate sees it. One record, without features.
+    pub fn failed(&self, route: &Route, request_id: &str, error: &ServeError, latency: Duration) {
+        let Some(log) = self.log.as_ref().filter(|l| l.sampled(request_id)) else {
+            return;
+        };
+        let mut r = record(
+            request_id,
+            &route.primary.model,
+            route.primary.version,
+            pb::Row::default(),
+            pb::Prediction::default(),
+            &[],
+            latency,
+            false,
+        );
+        r.prediction = None;
+        r.error = format!("{}: {error}", evergreen_proto::codes::name(error.code()));
+        log.offer(r);
+    }
+
     /// Logs the request and hands a copy to the shadow version. Returns at
+
     /// once; nothing here can slow or fail the caller.
     pub fn after(
         &self,
@@ -217,8 +239,8 @@ impl Server {
                 .labels()
                 .map(|l| l.to_vec())
                 .unwrap_or_default();
-            for (row, out) in pb_rows.iter().zip(outputs) {
-                log.offer(record(
+            for (i, (row, out)) in pb_rows.iter().zip(outputs).enumerate() {
+                let mut r = record(
                     request_id,
                     &route.primary.model,
                     route.primary.version,
@@ -227,7 +249,9 @@ impl Server {
                     &labels,
                     latency,
                     false,
-                ));
+                );
+                r.row = i as u32;
+                log.offer(r);
             }
         }
         if let Some(shadow) = shadow {
@@ -255,8 +279,8 @@ impl Server {
                         .labels()
                         .map(|l| l.to_vec())
                         .unwrap_or_default();
-                    for (row, out) in pb_rows.into_iter().zip(&outs) {
-                        log.offer(record(
+                    for (i, (row, out)) in pb_rows.into_iter().zip(&outs).enumerate() {
+                        let mut r = record(
                             &request_id,
                             &shadow.model,
                             shadow.version,
@@ -265,7 +289,9 @@ impl Server {
                             &labels,
                             latency,
                             true,
-                        ));
+                        );
+                        r.row = i as u32;
+                        log.offer(r);
                     }
                 }
             });
@@ -300,6 +326,8 @@ fn record(
             nanos: now.subsec_nanos() as i32,
         }),
         labels: labels.to_vec(),
+        row: 0,
+        error: String::new(),
     }
 }
 

@@ -464,9 +464,13 @@ impl GrpcInferenceService for V2Grpc {
             .route_parsed(&r.model_name, &selector(&r.model_version), &request_id)
             .await
             .map_err(to_status)?;
-        let tensors = decode_inputs(&r).map_err(to_status)?;
-        let rows = rows(&route, &r, &tensors, s.config.max_batch_rows).map_err(to_status)?;
-        let outputs = s.score(&route, &rows).map_err(to_status)?;
+        let fail = |e: ServeError| {
+            s.failed(&route, &request_id, &e, start.elapsed());
+            to_status(e)
+        };
+        let tensors = decode_inputs(&r).map_err(fail)?;
+        let rows = rows(&route, &r, &tensors, s.config.max_batch_rows).map_err(fail)?;
+        let outputs = s.score(&route, &rows).map_err(fail)?;
         s.after(&route, &request_id, &rows, &outputs, start.elapsed());
 
         let b = outputs.len() as i64;
