@@ -10,11 +10,12 @@ use anyhow::{anyhow, Context};
 use evergreen_proto::metadata;
 use evergreen_proto::v1::registry_client::RegistryClient;
 use evergreen_proto::v1::{
-    register_version_request::Part, watch_response::Kind, CreateModelRequest, DeleteAliasRequest,
-    DeleteModelRequest, DeleteVersionRequest, DownloadArtifactRequest, GetModelRequest,
-    GetVersionRequest, HistoryRequest, ListModelsRequest, ListVersionsRequest,
-    RegisterVersionRequest, SetAliasRequest, SetVersionStatusRequest, UpdateModelRequest,
-    VersionHeader, VersionRef, VersionStatus, WatchRequest,
+    register_version_request::Part, version_ref::Selector, watch_response::Kind,
+    CreateModelRequest, DeleteAliasRequest, DeleteModelRequest, DeleteVersionRequest,
+    DownloadArtifactRequest, GetModelRequest, GetVersionRequest, HistoryRequest, ListModelsRequest,
+    ListVersionsRequest, ModelVersion, RegisterVersionRequest, SetAliasRequest,
+    SetVersionStatusRequest, UpdateModelRequest, VersionHeader, VersionRef, VersionStatus,
+    WatchRequest,
 };
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -24,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Status};
+use tonic::{Code, Request, Status};
 
 use crate::output::{self, emit, emit_json};
 use crate::{to_map, RegisterArgs};
@@ -70,9 +71,10 @@ pub fn actor_value(actor: &str) -> anyhow::Result<AsciiMetadataValue> {
         .ok_or_else(|| anyhow!("invalid --actor {actor:?}: use printable ASCII only"))
 }
 
-/// A channel to `daemon` ("registry", "trainer", "server") at `url` (the
-/// value of its `--daemon` flag; `http://` is assumed when no scheme is
-/// given). Unreachable is UNAVAILABLE naming the daemon and address.
+/// A channel to `daemon` ("registry", "trainer", "server", "monitor") at
+/// `url` (the value of its `--daemon` flag; `http://` is assumed when no
+/// scheme is given). Unreachable is UNAVAILABLE naming the daemon, the
+/// address, and the flag and environment variable that set it.
 pub async fn connect(url: &str, daemon: &str) -> anyhow::Result<Channel> {
     let url = if url.contains("://") {
         url.to_string()
@@ -84,7 +86,8 @@ pub async fn connect(url: &str, daemon: &str) -> anyhow::Result<Channel> {
         .connect_timeout(Duration::from_secs(5));
     endpoint.connect().await.map_err(|e| {
         Status::unavailable(format!(
-            "cannot reach the {daemon} at {url}: {}",
+            "cannot reach the {daemon} at {url} (set --{daemon} or EVERGREEN_{}_URL): {}",
+            daemon.to_uppercase(),
             error_chain(&e)
         ))
         .into()
@@ -277,6 +280,45 @@ impl Ctx {
         let v = self.client.get_version(req).await?.into_inner();
         self.show(|| output::version_json(&v), || output::print_version(&v));
         Ok(())
+    }
+
+    /// `model/version` as the registry records it.
+    pub async fn fetch_version(
+        &mut self,
+        model: &str,
+        version: u64,
+    ) -> anyhow::Result<ModelVersion> {
+        let req = self.req(GetVersionRequest {
+            r#ref: Some(VersionRef {
+                model: model.to_string(),
+                selector: Some(Selector::Version(version)),
+            }),
+        });
+        Ok(self.client.get_version(req).await?.into_inner())
+    }
+
+    /// The version behind `model@production`, else the latest one, and
+    /// which of the two it is (`production`, `latest`).
+    pub async fn default_version(&mut self, model: &str) -> anyhow::Result<(u64, &'static str)> {
+        let req = self.req(GetVersionRequest {
+            r#ref: Some(VersionRef {
+                model: model.to_string(),
+                selector: Some(Selector::Alias("production".to_string())),
+            }),
+        });
+        match self.client.get_version(req).await {
+            Ok(v) => return Ok((v.into_inner().version, "production")),
+            Err(s) if s.code() == Code::NotFound => {}
+            Err(s) => return Err(s.into()),
+        }
+        let req = self.req(GetModelRequest {
+            name: model.to_string(),
+        });
+        let m = self.client.get_model(req).await?.into_inner();
+        if m.latest_version == 0 {
+            return Err(Status::not_found(format!("model {model} has no versions")).into());
+        }
+        Ok((m.latest_version, "latest"))
     }
 
     /// Streams the artifact into `FILE.part`, checks size and sha256 against

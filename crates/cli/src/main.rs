@@ -1,9 +1,11 @@
-//! `evergreen`: drive the registry from a shell.
+//! `evergreen`: drive the registry, trainer, server and monitor from a shell.
 //!
 //! Exit codes: 0 success, 1 a failed call (`error: CODE: message` on
 //! stderr), 2 bad usage (clap), 3 `watch` fell behind compacted history.
 
 mod commands;
+mod monitor;
+mod monitor_output;
 mod output;
 mod serving;
 mod train;
@@ -12,7 +14,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use evergreen_proto::v1::VersionStatus;
 use tonic::{Code, Status};
 
@@ -20,7 +22,7 @@ use tonic::{Code, Status};
 #[command(
     name = "evergreen",
     version,
-    about = "Drive Evergreen (registry, trainer) from a shell"
+    about = "Drive Evergreen (registry, trainer, server, monitor) from a shell"
 )]
 struct Cli {
     /// Registry gRPC endpoint.
@@ -52,6 +54,16 @@ struct Cli {
         value_name = "URL"
     )]
     server: String,
+
+    /// Monitor gRPC endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "EVERGREEN_MONITOR_URL",
+        default_value = "http://127.0.0.1:7403",
+        value_name = "URL"
+    )]
+    monitor: String,
 
     /// Machine-readable output: one JSON value (per line for `watch`).
     #[arg(long, global = true)]
@@ -137,6 +149,29 @@ enum Command {
     /// Traffic policy of a model: canary weights and shadow version.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Drift, performance, service health, recent windows and signals of a
+    /// version (default: the one behind `production`, else the latest).
+    Health {
+        name: String,
+        #[arg(long, value_name = "V")]
+        version: Option<u64>,
+        #[arg(long, value_enum, default_value = "current")]
+        window: monitor::WindowArg,
+    },
+    /// Retrain / rollback / retire signals the monitor raised, oldest first.
+    Signals {
+        /// Only this model's signals.
+        name: Option<String>,
+        /// Newest N only (0 = all).
+        #[arg(long, default_value_t = 20, value_name = "N")]
+        limit: u32,
+        /// Then print new signals as they are raised, until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// A model's monitoring policy: thresholds, windows and allowed actions.
+    #[command(subcommand)]
+    Monitoring(MonitoringCmd),
     /// Print registry events as they happen, until interrupted.
     Watch {
         /// Replay events after this revision first (default: from now on).
@@ -256,6 +291,18 @@ enum PolicyCmd {
 }
 
 #[derive(Subcommand)]
+enum MonitoringCmd {
+    /// Show the effective policy.
+    Get { name: String },
+    /// Change the given fields of the policy (the rest stay as they are).
+    Set {
+        name: String,
+        #[command(flatten)]
+        edits: monitor::PolicyEdits,
+    },
+}
+
+#[derive(Subcommand)]
 enum JobsCmd {
     /// Training jobs, newest first.
     List {
@@ -329,6 +376,9 @@ enum VersionsCmd {
         #[arg(value_name = "REF")]
         reference: String,
     },
+    /// Two versions side by side: training metrics, and realized and
+    /// estimated performance and drift over everything the monitor saw.
+    Compare { name: String, v1: u64, v2: u64 },
     /// Download a version's artifact (REF is name@alias or name/N).
     Download {
         #[arg(value_name = "REF")]
@@ -600,6 +650,48 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             s.served().await?;
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Health {
+            name,
+            version,
+            window,
+        } => {
+            let (version, resolved) = match version {
+                Some(v) => (v, ""),
+                None => {
+                    commands::Ctx::connect(&cli.registry, &actor, cli.json)
+                        .await?
+                        .default_version(&name)
+                        .await?
+                }
+            };
+            let mut m = monitor::MonitorCtx::connect(&cli.monitor, cli.json).await?;
+            m.health(name, version, resolved, window).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Signals { name, limit, watch } => {
+            let mut m = monitor::MonitorCtx::connect(&cli.monitor, cli.json).await?;
+            m.signals(name, limit, watch).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Monitoring(cmd) => {
+            if let MonitoringCmd::Set { edits, .. } = &cmd {
+                if edits.is_empty() {
+                    // A usage error (exit 2), like clap's own.
+                    Cli::command()
+                        .error(
+                            clap::error::ErrorKind::MissingRequiredArgument,
+                            "monitoring set needs at least one field to change, e.g. --min-rows 200 (see `evergreen monitoring set --help`)",
+                        )
+                        .exit();
+                }
+            }
+            let mut m = monitor::MonitorCtx::connect(&cli.monitor, cli.json).await?;
+            match cmd {
+                MonitoringCmd::Get { name } => m.get_policy(name).await?,
+                MonitoringCmd::Set { name, edits } => m.set_policy(name, edits).await?,
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
     let mut ctx = commands::Ctx::connect(&cli.registry, &actor, cli.json).await?;
@@ -637,6 +729,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             VersionsCmd::List { name } => ctx.list_versions(name).await?,
             VersionsCmd::Get { reference } => ctx.get_version(reference).await?,
             VersionsCmd::Download { reference, output } => ctx.download(reference, output).await?,
+            VersionsCmd::Compare { name, v1, v2 } => {
+                let mut m = monitor::MonitorCtx::connect(&cli.monitor, cli.json).await?;
+                m.compare(&mut ctx, name, v1, v2).await?
+            }
             VersionsCmd::Status {
                 reference,
                 status,
@@ -692,7 +788,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Retrain { .. }
         | Command::Jobs(_)
         | Command::Predict { .. }
-        | Command::Served => {
+        | Command::Served
+        | Command::Health { .. }
+        | Command::Signals { .. }
+        | Command::Monitoring(_) => {
             unreachable!("handled above")
         }
     }
@@ -714,7 +813,6 @@ async fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_definition_is_consistent() {
@@ -770,6 +868,130 @@ mod tests {
         assert_eq!(code_name(Code::FailedPrecondition), "FAILED_PRECONDITION");
         assert_eq!(code_name(Code::InvalidArgument), "INVALID_ARGUMENT");
         assert_eq!(code_name(Code::Unavailable), "UNAVAILABLE");
+    }
+
+    fn parse_err(args: &[&str]) -> clap::Error {
+        match Cli::try_parse_from(args) {
+            Ok(_) => panic!("{args:?} must not parse"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn bad_policy_overrides_are_usage_errors_naming_the_flag() {
+        let base = ["evergreen", "monitoring", "set", "churn"];
+        for (flag, value, expected) in [
+            ("--test", "age", "expected FEATURE=TEST"),
+            ("--test", "age=anova", "unknown test"),
+            ("--threshold", "age", "expected FEATURE=NUMBER"),
+            ("--threshold", "age=high", "expected FEATURE=NUMBER"),
+            (
+                "--cooldown",
+                "ten minutes",
+                "expected a duration like 30s, 10m",
+            ),
+            ("--retrain", "maybe", "--retrain"),
+            ("--drift-share", "2", "between 0 and 1"),
+        ] {
+            let mut args = base.to_vec();
+            args.extend([flag, value]);
+            let err = parse_err(&args);
+            assert_eq!(err.exit_code(), 2, "{flag} {value}");
+            let text = err.to_string();
+            assert!(text.contains(flag) && text.contains(expected), "{text}");
+        }
+        // Nothing to change is refused before connecting (exit 2, in `run`).
+        let cli = Cli::try_parse_from(base).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            cli.command,
+            Command::Monitoring(MonitoringCmd::Set { ref edits, .. }) if edits.is_empty()
+        ));
+    }
+
+    #[test]
+    fn policy_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "evergreen",
+            "monitoring",
+            "set",
+            "churn",
+            "--cooldown",
+            "10m",
+            "--retrain",
+            "false",
+            "--test",
+            "age=ks",
+            "--test",
+            "plan=chi2",
+            "--threshold",
+            "age=0.01",
+            "--monitor",
+            "http://monitor:1",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cli.monitor, "http://monitor:1");
+        let Command::Monitoring(MonitoringCmd::Set { name, edits }) = cli.command else {
+            panic!("not monitoring set");
+        };
+        assert_eq!(name, "churn");
+        assert_eq!(edits.cooldown, Some(600));
+        assert_eq!(edits.retrain, Some(false));
+        assert_eq!(edits.retire, None);
+        assert_eq!(edits.tests.len(), 2);
+        assert_eq!(edits.thresholds, vec![("age".to_string(), Some(0.01))]);
+    }
+
+    #[test]
+    fn monitor_commands_parse() {
+        let cli = Cli::try_parse_from(["evergreen", "versions", "compare", "churn", "2", "3"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            cli.command,
+            Command::Versions(VersionsCmd::Compare { v1: 2, v2: 3, .. })
+        ));
+        let cli =
+            Cli::try_parse_from(["evergreen", "health", "churn", "--window", "long", "--json"])
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert!(cli.json);
+        assert!(matches!(
+            cli.command,
+            Command::Health {
+                version: None,
+                window: monitor::WindowArg::Long,
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from(["evergreen", "signals", "--watch", "--limit", "5"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            cli.command,
+            Command::Signals {
+                name: None,
+                limit: 5,
+                watch: true
+            }
+        ));
+        assert_eq!(
+            parse_err(&["evergreen", "health", "churn", "--window", "week"]).exit_code(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_monitor_names_the_url_flag_and_env() {
+        let err = commands::connect("127.0.0.1:1", "monitor")
+            .await
+            .unwrap_err();
+        let status = err.downcast_ref::<Status>().expect("a status");
+        assert_eq!(status.code(), Code::Unavailable);
+        let msg = status.message();
+        assert!(
+            msg.starts_with(
+                "cannot reach the monitor at http://127.0.0.1:1 (set --monitor or EVERGREEN_MONITOR_URL)"
+            ),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'), "{msg}");
     }
 
     #[test]

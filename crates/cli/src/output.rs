@@ -103,7 +103,7 @@ pub fn rfc3339(ts: Option<&Timestamp>) -> Option<String> {
 }
 
 /// Seconds precision for tables: `2024-05-01 12:00:00`.
-fn short_time(ts: Option<&Timestamp>) -> String {
+pub fn short_time(ts: Option<&Timestamp>) -> String {
     ts.and_then(|ts| DateTime::<Utc>::from_timestamp(ts.seconds, 0))
         .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_default()
@@ -140,7 +140,7 @@ fn pairs<V: Display>(map: &HashMap<String, V>) -> String {
 const HEADLINE: &[&str] = &["accuracy", "f1_macro", "roc_auc", "r2", "rmse", "auc"];
 
 /// A number as people read it: at most 4 decimals, no trailing zeros.
-fn short_number(x: f64) -> String {
+pub fn short_number(x: f64) -> String {
     let s = format!("{x:.4}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
     s.to_string()
