@@ -1,6 +1,7 @@
 //! End-to-end suite: real daemons over real gRPC (see `evergreen_e2e::Sandbox`).
 
 mod bad_input;
+mod closed_loop;
 mod lifecycle;
 mod monitor;
 mod platform;

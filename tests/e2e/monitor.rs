@@ -72,9 +72,10 @@ fn drifted(r: &DriftReport) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prediction_logs_reach_the_monitor_and_drift_is_measured_per_feature() {
+    // One window for the whole test: drift is measured on everything sent.
     let sb = Sandbox::builder()
         .trainer()
-        .monitor()
+        .monitor_with(|c| c.window_rows = 1_000_000)
         .server(|_| {})
         .start()
         .await;

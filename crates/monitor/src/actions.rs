@@ -218,6 +218,7 @@ impl Monitor {
         };
         if target == Some(version) {
             let previous = self.predecessor(&model, &p.alias, version).await;
+
             let mut rolled = false;
             if let (true, Some(prev), Some(v)) = (p.rollback, previous, c.value) {
                 if let Some(pv) = self.standing(&model, prev, p, &c.metric).await {

@@ -707,12 +707,14 @@ impl Monitor {
         self.evaluate(key);
     }
 
-    /// Closes windows open for longer than `window_seconds`, and persists
-    /// what changed. Called every second.
+    /// Closes windows open for longer than `window_seconds`, and evaluates
+    /// every version again (a breach held back by a cool-down fires when
+    /// the cool-down ends, if it still stands). Called every second.
     pub fn tick(&self, t: f64) {
-        let due: Vec<Key> = {
+        let (due, all): (Vec<Key>, Vec<Key>) = {
             let s = self.state.lock().unwrap();
-            s.versions
+            let due = s
+                .versions
                 .iter()
                 .filter(|(_, tr)| {
                     let c = &tr.state.current;
@@ -720,10 +722,14 @@ impl Monitor {
                         && t - c.start >= self.config.window_seconds as f64
                 })
                 .map(|(k, _)| k.clone())
-                .collect()
+                .collect();
+            (due, s.versions.keys().cloned().collect())
         };
         for key in due {
             self.close(&key, t);
+        }
+        for key in all {
+            self.evaluate(&key);
         }
     }
 

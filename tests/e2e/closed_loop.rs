@@ -1,0 +1,502 @@
+//! The closed loop, end to end with real daemons: the server logs
+//! predictions to the monitor, the test sends the delayed labels, and the
+//! monitor acts through the trainer (RETRAIN, gated) and the registry
+//! (ROLLBACK) on its own.
+
+use std::time::{Duration, Instant};
+
+use evergreen_e2e::{dataset, Sandbox};
+use evergreen_proto::v1::{
+    train_event, value, Feedback, GetModelRequest, GetReportRequest, HistoryRequest,
+    ListSignalsRequest, Policy, PredictRequest, RecordFeedbackRequest, Report, Row,
+    SetAliasRequest, SetPolicyRequest, Signal, SignalKind, TrainRequest, Value, WindowKind,
+};
+use tonic::Code;
+
+const MODEL: &str = "bc";
+
+/// breast_cancer.csv: features (30 numbers) and the label ("0" / "1").
+fn load() -> Vec<(Vec<f64>, String)> {
+    let text = std::fs::read_to_string(dataset("breast_cancer.csv")).unwrap();
+    text.lines()
+        .skip(1)
+        .map(|l| {
+            let mut cells: Vec<&str> = l.split(',').collect();
+            let label = cells.pop().unwrap().to_string();
+            (cells.iter().map(|c| c.parse().unwrap()).collect(), label)
+        })
+        .collect()
+}
+
+/// A spread-out sample (every 7th row, cycling), so that a window looks
+/// like the data as a whole and not like its sorted head.
+fn sample(data: &[(Vec<f64>, String)], from: usize, n: usize) -> Vec<(Vec<f64>, String)> {
+    (from..from + n)
+        .map(|i| data[(i * 7) % data.len()].clone())
+        .collect()
+}
+
+fn to_row(x: &[f64]) -> Row {
+    Row {
+        values: x
+            .iter()
+            .map(|v| Value {
+                kind: Some(value::Kind::Number(*v)),
+            })
+            .collect(),
+        named: Default::default(),
+    }
+}
+
+async fn train(sb: &Sandbox, path: &std::path::Path) -> u64 {
+    let mut t = sb.trainer().await;
+    let mut s = t
+        .train(TrainRequest {
+            model: MODEL.into(),
+            dataset_uri: path.display().to_string(),
+            target: "target".into(),
+            algorithm: "decision_tree".into(),
+            params: [("max_depth".to_string(), "5".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut version = 0;
+    while let Some(ev) = s.message().await.unwrap() {
+        if let Some(train_event::Kind::Done(j)) = ev.kind {
+            version = j.version;
+        }
+    }
+    assert!(version > 0);
+    version
+}
+
+async fn production(sb: &Sandbox) -> Option<u64> {
+    let m = sb
+        .registry()
+        .await
+        .get_model(GetModelRequest { name: MODEL.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    m.aliases.get("production").copied()
+}
+
+async fn report(sb: &Sandbox, version: u64, window: WindowKind) -> Result<Report, tonic::Status> {
+    sb.monitor()
+        .await
+        .get_report(GetReportRequest {
+            model: MODEL.into(),
+            version,
+            window: window as i32,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Polls until `f` holds (30 s at most).
+async fn until<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(t) = f().await {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn signals(sb: &Sandbox) -> Vec<Signal> {
+    sb.monitor()
+        .await
+        .list_signals(ListSignalsRequest {
+            model: MODEL.into(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .signals
+}
+
+/// Sends `rows` as single-row requests to "bc" (its production version),
+/// waits until the monitor has them all (`logged`: rows of that version it
+/// had before), then sends their labels. Returns the version that answered.
+async fn traffic(sb: &Sandbox, tag: &str, rows: &[(Vec<f64>, String)], logged: &mut u64) -> u64 {
+    let mut p = sb.predictor().await;
+    let mut version = 0;
+    for (i, (x, _)) in rows.iter().enumerate() {
+        let r = p
+            .predict(PredictRequest {
+                model: MODEL.into(),
+                rows: vec![to_row(x)],
+                request_id: format!("{tag}-{i}"),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(version == 0 || version == r.version, "one version answers");
+        version = r.version;
+    }
+    let before = version;
+    // The log is asynchronous: wait until the monitor counted every row.
+    let target = *logged + rows.len() as u64;
+    until(&format!("the monitor has the {tag} rows"), || async {
+        let r = report(sb, before, WindowKind::Long).await.ok()?;
+        (r.drift?.rows >= target).then_some(())
+    })
+    .await;
+    *logged = target;
+    let feedback: Vec<Feedback> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (_, label))| Feedback {
+            request_id: format!("{tag}-{i}"),
+            label: label.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let r = sb
+        .monitor()
+        .await
+        .record_feedback(RecordFeedbackRequest { feedback })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.matched, r.unknown, r.expired),
+        (rows.len() as u64, 0, 0),
+        "{tag}"
+    );
+    version
+}
+
+/// Rows of `version` the monitor has counted so far.
+async fn logged(sb: &Sandbox, version: u64) -> u64 {
+    report(sb, version, WindowKind::Long)
+        .await
+        .map(|r| r.drift.unwrap().rows)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drift_with_labels_retrains_and_a_bad_promotion_is_rolled_back() {
+    let sb = Sandbox::builder()
+        .trainer()
+        .monitor_with(|c| {
+            c.window_rows = 50;
+            c.window_seconds = 3600;
+        })
+        .server(|_| {})
+        .start()
+        .await;
+    let data = load();
+
+    // v1, promoted.
+    let v1 = train(&sb, &dataset("breast_cancer.csv")).await;
+    sb.registry()
+        .await
+        .set_alias(SetAliasRequest {
+            model: MODEL.into(),
+            alias: "production".into(),
+            version: v1,
+            expected_version: Some(0),
+            reason: "first".into(),
+        })
+        .await
+        .unwrap();
+    let policy = sb
+        .monitor()
+        .await
+        .set_policy(SetPolicyRequest {
+            policy: Some(Policy {
+                model: MODEL.into(),
+                min_rows: 50,
+                min_labels: 30,
+                consecutive: 3,
+                cooldown_seconds: 1,
+                max_metric_drop: 0.1,
+                rollback_margin: 0.1,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(policy.alias, "production", "defaults filled in");
+    assert_eq!((policy.retrain, policy.retire), (Some(true), Some(false)));
+
+    // 1. Traffic like the training data, labeled: healthy windows, no signal.
+    until("the server serves v1", || async {
+        let mut p = sb.predictor().await;
+        p.predict(PredictRequest {
+            model: MODEL.into(),
+            rows: vec![to_row(&data[0].0)],
+            request_id: "warmup".into(),
+        })
+        .await
+        .ok()
+        .map(|_| ())
+    })
+    .await;
+    let mut n = until("the monitor saw the warm-up row", || async {
+        let n = logged(&sb, v1).await;
+        (n > 0).then_some(n)
+    })
+    .await;
+    for (k, chunk) in sample(&data, 0, 150).chunks(50).enumerate() {
+        assert_eq!(traffic(&sb, &format!("ref{k}"), chunk, &mut n).await, v1);
+    }
+    let r = report(&sb, v1, WindowKind::Long).await.unwrap();
+    assert!(r.history.len() >= 3, "{} windows closed", r.history.len());
+    // A single window may cross a p < 0.05 test by chance (that is what
+    // hysteresis is for), but none drifts as a dataset or loses accuracy.
+    for w in &r.history {
+        assert!(!w.dataset_drift, "window {}: {:?}", w.seq, w.breaches);
+        assert!(
+            !w.breaches.iter().any(|b| b.contains("accuracy")),
+            "window {}: {:?}",
+            w.seq,
+            w.breaches
+        );
+    }
+
+    let perf = r.performance.clone().unwrap();
+    assert!(perf.labeled >= 150);
+    assert!(perf.realized["accuracy"] > 0.85, "{:?}", perf.realized);
+    assert!(
+        perf.estimated.contains_key("accuracy"),
+        "CBPE: {:?}",
+        perf.estimated
+    );
+    assert!(
+        signals(&sb).await.is_empty(),
+        "no signal on healthy traffic"
+    );
+
+    // 2. Drifted traffic (every feature ×1.5), labeled: v1 fails on it.
+    let drifted: Vec<(Vec<f64>, String)> = sample(&data, 150, 150)
+        .into_iter()
+        .map(|(x, y)| (x.iter().map(|v| v * 1.5).collect(), y))
+        .collect();
+    for (k, chunk) in drifted.chunks(50).enumerate() {
+        traffic(&sb, &format!("drift{k}"), chunk, &mut n).await;
+    }
+    let retrain = until("RETRAIN fires", || async {
+        signals(&sb)
+            .await
+            .into_iter()
+            .find(|s| s.kind == SignalKind::Retrain as i32)
+    })
+    .await;
+    assert_eq!(retrain.version, v1);
+    assert!(retrain.error.is_empty(), "{retrain:?}");
+    assert!(retrain.action.contains("trainer job"), "{retrain:?}");
+    assert_eq!(retrain.windows.len(), 3, "three breached windows in a row");
+    let evidence = retrain.evidence.join("\n");
+    assert!(
+        evidence.contains("dataset drift") && evidence.contains("realized accuracy"),
+        "{evidence}"
+    );
+    // The trainer registers v2 and the gate promotes it; the server follows.
+    let v2 = until("the gate promotes the retrained version", || async {
+        production(&sb).await.filter(|v| *v > v1)
+    })
+    .await;
+    let r = report(&sb, v1, WindowKind::Last).await.unwrap();
+    assert!(!r.summary.unwrap().breaches.is_empty());
+    until("the server serves v2", || async {
+        let mut p = sb.predictor().await;
+        let r = p
+            .predict(PredictRequest {
+                model: MODEL.into(),
+                rows: vec![to_row(&data[3].0)],
+                request_id: String::new(),
+            })
+            .await
+            .ok()?;
+        (r.into_inner().version == v2).then_some(())
+    })
+    .await;
+
+    // 3. A deliberately bad version (trained on flipped labels) is promoted.
+    let dir = tempfile::tempdir().unwrap();
+    let flipped = dir.path().join("flipped.csv");
+    let text = std::fs::read_to_string(dataset("breast_cancer.csv")).unwrap();
+    let mut out = String::new();
+    for (i, l) in text.lines().enumerate() {
+        if i == 0 {
+            out.push_str(l);
+        } else {
+            let (head, y) = l.rsplit_once(',').unwrap();
+            out.push_str(&format!("{head},{}", if y == "1" { "0" } else { "1" }));
+        }
+        out.push('\n');
+    }
+    std::fs::write(&flipped, out).unwrap();
+    let v3 = train(&sb, &flipped).await;
+    sb.registry()
+        .await
+        .set_alias(SetAliasRequest {
+            model: MODEL.into(),
+            alias: "production".into(),
+            version: v3,
+            expected_version: Some(v2),
+            reason: "a bad promotion".into(),
+        })
+        .await
+        .unwrap();
+    until("the server serves v3", || async {
+        let mut p = sb.predictor().await;
+        let r = p
+            .predict(PredictRequest {
+                model: MODEL.into(),
+                rows: vec![to_row(&data[5].0)],
+                request_id: String::new(),
+            })
+            .await
+            .ok()?;
+        (r.into_inner().version == v3).then_some(())
+    })
+    .await;
+    // The probe request is logged asynchronously: count from what it left.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut n = logged(&sb, v3).await;
+    for (k, chunk) in sample(&data, 300, 150).chunks(50).enumerate() {
+        traffic(&sb, &format!("bad{k}"), chunk, &mut n).await;
+    }
+    let rollback = until("ROLLBACK fires", || async {
+        signals(&sb)
+            .await
+            .into_iter()
+            .find(|s| s.kind == SignalKind::Rollback as i32)
+    })
+    .await;
+    assert_eq!((rollback.version, rollback.target_version), (v3, v2));
+    assert_eq!(
+        rollback.action,
+        format!("production: {v3} -> {v2}"),
+        "{rollback:?}"
+    );
+    assert_eq!(
+        production(&sb).await,
+        Some(v2),
+        "the alias is back on the good version"
+    );
+    // Audited with the evidence.
+    let h = sb
+        .registry()
+        .await
+        .history(HistoryRequest {
+            model: MODEL.into(),
+            limit: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let last = &h.entries[0];
+    assert_eq!((last.alias.as_str(), last.version), ("production", v2));
+    assert!(
+        last.reason.contains("monitor") && last.reason.contains("realized accuracy"),
+        "{}",
+        last.reason
+    );
+    // Each breach fired once.
+    let all = signals(&sb).await;
+    let kinds: Vec<i32> = all.iter().map(|s| s.kind).collect();
+    assert_eq!(
+        kinds,
+        [SignalKind::Retrain as i32, SignalKind::Rollback as i32],
+        "{all:#?}"
+    );
+}
+
+#[tokio::test]
+async fn feedback_and_reports_reject_bad_input_and_count_unknown_ids() {
+    let sb = Sandbox::builder().monitor().start().await;
+    let mut m = sb.monitor().await;
+    let r = m
+        .record_feedback(RecordFeedbackRequest {
+            feedback: vec![Feedback {
+                request_id: "never-logged".into(),
+                label: "1".into(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.matched, r.unknown), (0, 1), "counted, not an error");
+    let e = m
+        .record_feedback(RecordFeedbackRequest { feedback: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("feedback is empty"), "{e:?}");
+    let e = m
+        .record_feedback(RecordFeedbackRequest {
+            feedback: vec![Feedback::default()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("feedback[0].request_id"), "{e:?}");
+    let e = m
+        .get_report(GetReportRequest {
+            model: "nope".into(),
+            version: 1,
+            window: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = m
+        .get_report(GetReportRequest {
+            model: "nope".into(),
+            version: 1,
+            window: 42,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("WINDOW_KIND_LONG"), "{e:?}");
+    let e = m
+        .set_policy(SetPolicyRequest {
+            policy: Some(Policy {
+                model: "m".into(),
+                drift_share: 2.0,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("policy.drift_share = 2"), "{e:?}");
+    let e = m
+        .set_policy(SetPolicyRequest { policy: None })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = m
+        .set_policy(SetPolicyRequest {
+            policy: Some(Policy {
+                model: "../x".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    // Nothing was stored; the daemon still answers.
+    let p = m
+        .get_policy(evergreen_proto::v1::GetPolicyRequest { model: "m".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.drift_share, 0.5, "the default, not the refused 2.0");
+    assert!(sb.monitor_running());
+}
