@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Starts a throwaway registry and trainer (embedded defaults: sled + local
-# artifacts in a temp dir, no external service) and walks a model through
-# the lifecycle that exists so far, narrating each step. Exits 0 when every
-# step did what it should.
+# Starts a throwaway registry, trainer, prediction server and monitor
+# (embedded defaults: sled + local artifacts in a temp dir, no external
+# service) and walks a model through its lifecycle, narrating each step —
+# up to the closed loop: drifted traffic with labels makes the monitor
+# retrain, and the gate promotes the new version. Exits 0 when every step
+# did what it should, non-zero with a "demo: ..." line when one did not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,7 +12,8 @@ DATA=${EVERGREEN_DEMO_DATA:-data/breast_cancer.csv}
 [ -f "$DATA" ] || { echo "demo: dataset $DATA not found (set EVERGREEN_DEMO_DATA)"; exit 1; }
 
 echo "==> building (release)"
-cargo build --release --quiet -p evergreen-registry -p evergreen-trainer -p evergreen-cli
+cargo build --release --quiet -p evergreen-registry -p evergreen-trainer -p evergreen-server \
+  -p evergreen-monitor -p evergreen-cli
 BIN=target/release
 DIR=$(mktemp -d)
 PIDS=()
@@ -41,14 +44,21 @@ export EVERGREEN_REGISTRY_URL="http://$REG"
 start trainer --data-dir "$DIR/trainer" --registry "$EVERGREEN_REGISTRY_URL"
 TRN=$ADDR
 export EVERGREEN_TRAINER_URL="http://$TRN"
-start server --registry "$EVERGREEN_REGISTRY_URL"
+# Small tumbling windows (50 rows) so that the demo's traffic closes a few;
+# env variables use `__` between levels (`[monitor] window_rows`).
+EVERGREEN_MONITOR__WINDOW_ROWS=50 start monitor --data-dir "$DIR/monitor" \
+  --registry "$EVERGREEN_REGISTRY_URL" --trainer "$EVERGREEN_TRAINER_URL"
+MON=$ADDR
+export EVERGREEN_MONITOR_URL="http://$MON"
+start server --registry "$EVERGREEN_REGISTRY_URL" --monitor "$EVERGREEN_MONITOR_URL"
 SRV=$ADDR
 export EVERGREEN_SERVER_URL="http://$SRV"
 
 export EVERGREEN_ACTOR=demo
-echo "==> registry at $REG, trainer at $TRN, server at $SRV (state in $DIR)"
+echo "==> registry at $REG, trainer at $TRN, server at $SRV, monitor at $MON (state in $DIR)"
 
 step() { printf '\n==> %s\n' "$*"; }
+fail() { echo "demo: $*" >&2; exit 1; }
 eg() { printf '$ evergreen %s\n' "$*"; "$BIN/evergreen" "$@"; }
 
 # A watcher, as the prediction server will be: it sees every change.
@@ -108,6 +118,117 @@ step "Deprecate version 1 with a sunset and a replacement: every caller sees the
 eg versions status cancer/1 deprecated --reason "replaced by the retrained model" --sunset 2027-01-01 --replacement 4 >/dev/null
 sleep 0.3
 eg predict cancer --file "$DIR/rows.csv" --drop target
+
+# ---------------------------------------------------------------- monitor ---
+# Request files of 50 rows each (one tumbling window) from $DATA: "ref"
+# windows take every third row from the first, so they look like the
+# training data; "drift" windows every third row from the second (cycling
+# through the file), with every feature ×1.5. Labels are the target column,
+# keyed by (request id, row).
+# window_file KIND K: writes $DIR/KIND-K.csv and $DIR/KIND-K.labels.csv.
+window_file() {
+  local kind=$1 k=$2 off=0 scale=1
+  [ "$kind" = drift ] && off=1 scale=1.5
+  awk -F, -v OFS=, -v off="$off" -v scale="$scale" -v k="$k" '
+    NR == 1 { header = $0; next }
+    { row[n++] = $0 }
+    END {
+      if (n < 150) exit 1
+      print header
+      for (j = 0; j < 50; j++) {
+        $0 = row[(off + 3 * (k * 50 + j)) % n]
+        if (scale != 1) for (i = 1; i < NF; i++) $i = $i * scale
+        print
+      }
+    }' "$DATA" >"$DIR/$kind-$k.csv" || fail "$DATA has too few rows (150 needed) for the monitor chapter"
+  awk -F, -v id="$kind-$k" 'NR == 1 { print "request_id,row,label"; next } { print id "," NR - 2 "," $NF }' \
+    "$DIR/$kind-$k.csv" >"$DIR/$kind-$k.labels.csv"
+}
+# logged V: rows of cancer/V the monitor has counted (0 before the first).
+logged() {
+  "$BIN/evergreen" health cancer --version "$1" --window long 2>/dev/null |
+    sed -n '1s/.*  \([0-9][0-9]*\) rows.*/\1/p' | grep . || echo 0
+}
+# traffic KIND K: scores window KIND-K in one request (id KIND-K), waits
+# until the monitor has logged its rows, then sends their labels.
+traffic() {
+  local id=$1-$2 version before
+  window_file "$1" "$2"
+  printf '$ evergreen predict cancer --file %s.csv --drop target --request-id %s\n' "$id" "$id"
+  "$BIN/evergreen" predict cancer --file "$DIR/$id.csv" --drop target --request-id "$id" >"$DIR/$id.out" ||
+    fail "predict $id failed"
+  version=$(sed -n "s|^served by cancer/\([0-9]*\) (request $id)\$|\1|p" "$DIR/$id.out")
+  [ -n "$version" ] || fail "predict $id: no 'served by' line with the request id: $(tail -1 "$DIR/$id.out")"
+  echo "50 rows served by cancer/$version (request $id)"
+  before=${LOGGED[$version]:-0}
+  for _ in $(seq 200); do
+    [ "$(logged "$version")" -ge $((before + 50)) ] && break
+    sleep 0.05
+  done
+  LOGGED[$version]=$(logged "$version")
+  [ "${LOGGED[$version]}" -ge $((before + 50)) ] || fail "the monitor did not receive the log of $id"
+  printf '$ evergreen feedback --file %s.labels.csv\n' "$id"
+  "$BIN/evergreen" feedback --file "$DIR/$id.labels.csv" | tee "$DIR/$id.feedback"
+  grep -q "^matched 50, unknown 0, expired 0, invalid 0\$" "$DIR/$id.feedback" ||
+    fail "the monitor did not match all 50 labels of $id"
+}
+declare -A LOGGED
+retrain_signal() {
+  case "$("$BIN/evergreen" signals cancer --json)" in *'"kind":"RETRAIN"'*) return 0 ;; esac
+  return 1
+}
+production() { "$BIN/evergreen" versions get cancer@production | sed -n 's/^version: *//p'; }
+
+step "Move production to version 4, the replacement of the deprecated version 1"
+eg alias set cancer production 4 --expect 1 --reason "version 1 is deprecated"
+served_by 4 && echo "now served by cancer/4"
+sleep 0.5 # the probes' own log records reach the monitor first
+LOGGED[4]=$(logged 4)
+
+step "The monitor: a policy for cancer (every window judged; 3 breached windows in a row retrain)"
+echo "(rollback off: under drift an older version would do no better; retraining on the labels is the cure)"
+eg monitoring set cancer --min-rows 50 --min-labels 30 --consecutive 3 --max-metric-drop 0.1 \
+  --cooldown 1m --rollback false
+
+step "Traffic like the training data, labeled after the fact: three healthy windows"
+for k in 0 1 2; do traffic ref "$k"; done
+eg health cancer --window last
+echo "(the first window may also hold the earlier chapters' test rows, three rows sent again and again:"
+echo " one odd window is not a trend — the policy acts on 3 breached windows in a row)"
+[ "$("$BIN/evergreen" signals cancer --json)" = "[]" ] || fail "the monitor raised a signal on healthy traffic"
+eg signals cancer
+
+step "Drifted traffic (every feature ×1.5), labeled: the model loses accuracy, and the monitor acts"
+RETRAINED=
+for k in 0 1 2 3 4 5; do
+  traffic drift "$k"
+  if retrain_signal; then RETRAINED=yes; break; fi
+done
+for _ in $(seq 100); do
+  [ -n "$RETRAINED" ] && break
+  retrain_signal && RETRAINED=yes && break
+  sleep 0.1
+done
+[ -n "$RETRAINED" ] || fail "no RETRAIN signal after the drifted windows (see: evergreen health cancer --window last)"
+eg health cancer --version 4 --window last
+
+step "The RETRAIN signal: the trainer retrains version 4's recipe with the labeled rows, gated on production"
+eg signals cancer
+NEW=
+for _ in $(seq 600); do
+  NEW=$(production)
+  [ -n "$NEW" ] && [ "$NEW" != 4 ] && break
+  sleep 0.1
+done
+[ -n "$NEW" ] && [ "$NEW" != 4 ] || fail "the gate did not promote the retrained version (see: evergreen jobs list)"
+echo "the gate promoted cancer/$NEW to production:"
+eg history cancer --limit 1
+served_by "$NEW" && echo "the server now serves cancer/$NEW"
+
+step "More drifted traffic, now answered by cancer/$NEW: version 4 and version $NEW side by side"
+traffic drift $((k + 1))
+eg versions compare cancer 4 "$NEW"
+echo "(training metrics come from different holdouts: version $NEW's includes labeled drifted rows)"
 
 step "What the registry holds"
 

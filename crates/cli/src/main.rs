@@ -1,9 +1,10 @@
 //! `evergreen`: drive the registry, trainer, server and monitor from a shell.
 //!
 //! Exit codes: 0 success, 1 a failed call (`error: CODE: message` on
-//! stderr), 2 bad usage (clap), 3 `watch` fell behind compacted history.
+//! stderr), 2 bad usage (clap) or a bad labels file (`feedback`), 3 `watch` fell behind compacted history.
 
 mod commands;
+mod feedback;
 mod monitor;
 mod monitor_output;
 mod output;
@@ -132,8 +133,10 @@ enum Command {
         /// Columns of --file to leave out (e.g. the target) (repeatable).
         #[arg(long = "drop", value_name = "COL")]
         drop: Vec<String>,
-        /// Request id (also picks the canary arm; default: generated).
-        #[arg(long, default_value = "")]
+        /// Request id to predict under (also picks the canary arm; default:
+        /// generated). Printed either way: label the rows later with
+        /// `evergreen feedback --request-id ID --row N`.
+        #[arg(long, value_name = "ID", default_value = "")]
         request_id: String,
     },
     /// What the prediction server has loaded.
@@ -172,6 +175,9 @@ enum Command {
     /// A model's monitoring policy: thresholds, windows and allowed actions.
     #[command(subcommand)]
     Monitoring(MonitoringCmd),
+    /// Send delayed labels (ground truth) of logged predictions to the
+    /// monitor: one with --request-id, or a CSV with --file.
+    Feedback(feedback::FeedbackArgs),
     /// Print registry events as they happen, until interrupted.
     Watch {
         /// Replay events after this revision first (default: from now on).
@@ -673,6 +679,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             m.signals(name, limit, watch).await?;
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Feedback(args) => {
+            // Bad labels are the caller's input: one line, exit 2, nothing sent.
+            let labels = match args.labels() {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            feedback::send(&cli.monitor, labels, cli.json).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Monitoring(cmd) => {
             if let MonitoringCmd::Set { edits, .. } = &cmd {
                 if edits.is_empty() {
@@ -791,6 +809,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Served
         | Command::Health { .. }
         | Command::Signals { .. }
+        | Command::Feedback(_)
         | Command::Monitoring(_) => {
             unreachable!("handled above")
         }
@@ -975,6 +994,106 @@ mod tests {
             parse_err(&["evergreen", "health", "churn", "--window", "week"]).exit_code(),
             2
         );
+    }
+
+    #[test]
+    fn feedback_takes_one_label_or_a_file() {
+        let cli = Cli::try_parse_from([
+            "evergreen",
+            "feedback",
+            "--request-id",
+            "req-1",
+            "--label",
+            "1",
+            "--row",
+            "3",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let Command::Feedback(args) = cli.command else {
+            panic!("not feedback");
+        };
+        let labels = args.labels().unwrap();
+        assert_eq!(
+            (
+                labels[0].request_id.as_str(),
+                labels[0].label.as_str(),
+                labels[0].row
+            ),
+            ("req-1", "1", 3)
+        );
+        let cli = Cli::try_parse_from([
+            "evergreen",
+            "feedback",
+            "--request-id",
+            "r",
+            "--value",
+            "-2.5",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let Command::Feedback(args) = cli.command else {
+            panic!("not feedback");
+        };
+        assert_eq!(args.labels().unwrap()[0].value, -2.5);
+        assert!(matches!(
+            Cli::try_parse_from(["evergreen", "feedback", "--file", "labels.csv", "--json"])
+                .unwrap_or_else(|e| panic!("{e}"))
+                .command,
+            Command::Feedback(feedback::FeedbackArgs { file: Some(_), .. })
+        ));
+        for bad in [
+            &["evergreen", "feedback"][..],
+            &["evergreen", "feedback", "--request-id", "r"],
+            &[
+                "evergreen",
+                "feedback",
+                "--request-id",
+                "r",
+                "--label",
+                "1",
+                "--value",
+                "2",
+            ],
+            &[
+                "evergreen",
+                "feedback",
+                "--file",
+                "l.csv",
+                "--request-id",
+                "r",
+                "--label",
+                "1",
+            ],
+            &["evergreen", "feedback", "--file", "l.csv", "--label", "1"],
+            &["evergreen", "feedback", "--file", "l.csv", "--row", "1"],
+            &[
+                "evergreen",
+                "feedback",
+                "--request-id",
+                "r",
+                "--value",
+                "inf",
+            ],
+        ] {
+            assert_eq!(parse_err(bad).exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn predict_takes_a_request_id() {
+        let cli = Cli::try_parse_from([
+            "evergreen",
+            "predict",
+            "bc",
+            "--file",
+            "rows.csv",
+            "--request-id",
+            "batch-7",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            cli.command,
+            Command::Predict { ref request_id, .. } if request_id == "batch-7"
+        ));
     }
 
     #[tokio::test]

@@ -361,7 +361,11 @@ impl MonitorCtx {
         if !watch {
             self.show(
                 || Value::Array(signals.iter().map(out::signal_json).collect()),
-                || out::signals_table(&signals, true),
+                || match (signals.is_empty(), model.is_empty()) {
+                    (true, true) => "no signals".to_string(),
+                    (true, false) => format!("no signals for {model}"),
+                    _ => out::signals_table(&signals, true),
+                },
             );
             return Ok(());
         }
