@@ -186,9 +186,11 @@ sleep 0.5 # the probes' own log records reach the monitor first
 LOGGED[4]=$(logged 4)
 
 step "The monitor: a policy for cancer (every window judged; 3 breached windows in a row retrain)"
-echo "(rollback off: under drift an older version would do no better; retraining on the labels is the cure)"
+echo "(rollback stays on, but only for a promotion that was never healthy: version 4 is healthy"
+echo " first, so when the data drifts the cure is retraining on the labels, not an older version)"
 eg monitoring set cancer --min-rows 50 --min-labels 30 --consecutive 3 --max-metric-drop 0.1 \
-  --cooldown 1m --rollback false
+  --cooldown 1m
+
 
 step "Traffic like the training data, labeled after the fact: three healthy windows"
 for k in 0 1 2; do traffic ref "$k"; done

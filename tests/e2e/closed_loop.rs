@@ -400,6 +400,11 @@ async fn drift_with_labels_retrains_and_a_bad_promotion_is_rolled_back() {
         .into_inner();
     let last = &h.entries[0];
     assert_eq!((last.alias.as_str(), last.version), ("production", v2));
+    assert_eq!(
+        last.actor, "evergreen-monitor",
+        "attributed in the audit trail"
+    );
+
     assert!(
         last.reason.contains("monitor") && last.reason.contains("realized accuracy"),
         "{}",
@@ -499,4 +504,174 @@ async fn feedback_and_reports_reject_bad_input_and_count_unknown_ids() {
         .into_inner();
     assert_eq!(p.drift_share, 0.5, "the default, not the refused 2.0");
     assert!(sb.monitor_running());
+}
+
+async fn status_of(sb: &Sandbox, version: u64) -> (i32, u64) {
+    let v = sb
+        .registry()
+        .await
+        .get_version(evergreen_proto::v1::GetVersionRequest {
+            r#ref: Some(evergreen_proto::v1::VersionRef {
+                model: MODEL.into(),
+                selector: Some(evergreen_proto::v1::version_ref::Selector::Version(version)),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (v.status, v.replacement_version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_superseded_version_that_fails_is_retired_and_state_survives_a_restart() {
+    let mut sb = Sandbox::builder()
+        .trainer()
+        .monitor_with(|c| {
+            c.window_rows = 25;
+            c.window_seconds = 3600;
+            c.persist_ms = 100;
+        })
+        .server(|_| {})
+        .start()
+        .await;
+    let data = load();
+    let v1 = train(&sb, &dataset("breast_cancer.csv")).await;
+    let v2 = train(&sb, &dataset("breast_cancer.csv")).await;
+    let mut reg = sb.registry().await;
+    reg.set_alias(SetAliasRequest {
+        model: MODEL.into(),
+        alias: "production".into(),
+        version: v2,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    sb.monitor()
+        .await
+        .set_policy(SetPolicyRequest {
+            policy: Some(Policy {
+                model: MODEL.into(),
+                min_rows: 25,
+                min_labels: 20,
+                consecutive: 2,
+                cooldown_seconds: 1,
+                retire: Some(true),
+                drift_breaches: Some(false),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+
+    // v1 still gets traffic by number, and its answers are wrong (the
+    // labels are the opposite of the truth): it breaches, while v2 (the
+    // production version) did well at training.
+    let mut p = sb.predictor().await;
+    let rows = sample(&data, 0, 50);
+    let spec = format!("{MODEL}/{v1}");
+    until("the server serves v1 by number", || async {
+        p.clone()
+            .predict(PredictRequest {
+                model: spec.clone(),
+                rows: vec![to_row(&rows[0].0)],
+                request_id: "probe".into(),
+            })
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    for (i, (x, _)) in rows.iter().enumerate() {
+        p.predict(PredictRequest {
+            model: spec.clone(),
+            rows: vec![to_row(x)],
+            request_id: format!("old-{i}"),
+        })
+        .await
+        .unwrap();
+    }
+    // A request with a row of the wrong width fails, and is counted.
+    let e = p
+        .predict(PredictRequest {
+            model: MODEL.into(),
+            rows: vec![to_row(&[1.0, 2.0])],
+            request_id: "bad-width".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    until("the monitor has v1's rows", || async {
+        let r = report(&sb, v1, WindowKind::Long).await.ok()?;
+        (r.drift?.rows >= 51).then_some(())
+    })
+    .await;
+    let feedback: Vec<Feedback> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (_, y))| Feedback {
+            request_id: format!("old-{i}"),
+            label: if y == "1" { "0".into() } else { "1".into() },
+            ..Default::default()
+        })
+        .collect();
+    let r = sb
+        .monitor()
+        .await
+        .record_feedback(RecordFeedbackRequest { feedback })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.matched, 50);
+    let retire = until("RETIRE fires", || async {
+        signals(&sb)
+            .await
+            .into_iter()
+            .find(|s| s.kind == SignalKind::Retire as i32)
+    })
+    .await;
+    assert_eq!(
+        (retire.version, retire.target_version),
+        (v1, v2),
+        "{retire:?}"
+    );
+    assert_eq!(
+        status_of(&sb, v1).await,
+        (evergreen_proto::v1::VersionStatus::Deprecated as i32, v2),
+        "deprecated in favour of the production version"
+    );
+    assert_eq!(production(&sb).await, Some(v2), "production untouched");
+    let errors = until("the failed request is counted", || async {
+        let r = report(&sb, v2, WindowKind::Long).await.ok()?;
+        let h = r.health?;
+        (h.errors >= 1).then_some(h)
+    })
+    .await;
+    assert!(errors.error_rate > 0.0, "{errors:?}");
+
+    // Restart: windows, labels, history, policy and signals come back.
+    let before = report(&sb, v1, WindowKind::Long).await.unwrap();
+    let signals_before = signals(&sb).await;
+    sb.restart_monitor().await;
+    let after = report(&sb, v1, WindowKind::Long).await.unwrap();
+    assert_eq!(after.drift.unwrap().rows, before.drift.unwrap().rows);
+    assert_eq!(
+        after.performance.as_ref().unwrap().labeled,
+        before.performance.as_ref().unwrap().labeled
+    );
+    assert_eq!(
+        after.performance.unwrap().realized["accuracy"],
+        before.performance.unwrap().realized["accuracy"]
+    );
+    assert_eq!(after.history.len(), before.history.len());
+    assert_eq!(signals(&sb).await, signals_before);
+    let policy = sb
+        .monitor()
+        .await
+        .get_policy(evergreen_proto::v1::GetPolicyRequest {
+            model: MODEL.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((policy.retire, policy.min_rows), (Some(true), 25));
 }

@@ -6,8 +6,11 @@
 //! task. `act` (async, one at a time) asks the registry where the policy's
 //! alias points and picks the action:
 //! - the breached version is the alias target, was promoted over a
-//!   predecessor, and does measurably worse than that predecessor did →
-//!   ROLLBACK (compare-and-set of the alias back, the evidence as reason);
+//!   predecessor, has not had a healthy window since (a bad promotion, not
+//!   a good version meeting changed data), and does measurably worse than
+//!   the predecessor did (its realized metric in the monitor, else at
+//!   training) → ROLLBACK (compare-and-set of the alias back, audited with
+//!   the evidence);
 //! - the breached version is the alias target otherwise → RETRAIN (the
 //!   trainer's Retrain with the recent labeled rows, gated on the alias);
 //! - the breached version is no longer the target, and the target does at
@@ -34,6 +37,20 @@ pub struct Candidate {
     pub value: Option<f64>,
     pub metric: String,
     pub realized: bool,
+    /// The run covers every judged window of the version: it has not had a
+    /// healthy window since it was first seen (a new promotion gone bad,
+    /// rather than a good version meeting changed data).
+    pub never_healthy: bool,
+}
+
+/// A request the audit trail attributes to the monitor.
+fn as_monitor<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        evergreen_proto::metadata::ACTOR,
+        tonic::metadata::MetadataValue::from_static("evergreen-monitor"),
+    );
+    r
 }
 
 fn ts(t: f64) -> Option<evergreen_proto::Timestamp> {
@@ -70,6 +87,7 @@ impl Monitor {
                 return;
             }
             let episode = run.last().expect("non-empty").seq;
+            let never_healthy = run.len() == st.history.iter().filter(|c| c.judged).count();
             if st.fired_episode == episode || in_cooldown {
                 return;
             }
@@ -120,6 +138,7 @@ impl Monitor {
                 value,
                 metric: name,
                 realized: is_realized,
+                never_healthy,
             };
             s.last_action.insert(key.0.clone(), t);
             s.mark_dirty(key);
@@ -220,7 +239,9 @@ impl Monitor {
             let previous = self.predecessor(&model, &p.alias, version).await;
 
             let mut rolled = false;
-            if let (true, Some(prev), Some(v)) = (p.rollback, previous, c.value) {
+            if let (true, true, Some(prev), Some(v)) =
+                (p.rollback, c.never_healthy, previous, c.value)
+            {
                 if let Some(pv) = self.standing(&model, prev, p, &c.metric).await {
                     if pv - v > p.rollback_margin {
                         rolled = true;
@@ -236,13 +257,13 @@ impl Monitor {
                         let reason =
                             format!("monitor: {}; {}", signal.reason, c.evidence.join("; "));
                         match registry
-                            .set_alias(pb::SetAliasRequest {
+                            .set_alias(as_monitor(pb::SetAliasRequest {
                                 model: model.clone(),
                                 alias: p.alias.clone(),
                                 version: prev,
                                 expected_version: Some(version),
                                 reason,
-                            })
+                            }))
                             .await
                         {
                             Ok(_) => signal.action = format!("{}: {version} -> {prev}", p.alias),
@@ -282,7 +303,7 @@ impl Monitor {
                 p.alias
             );
             match registry
-                .set_version_status(pb::SetVersionStatusRequest {
+                .set_version_status(as_monitor(pb::SetVersionStatusRequest {
                     r#ref: Some(pb::VersionRef {
                         model: model.clone(),
                         selector: Some(pb::version_ref::Selector::Version(version)),
@@ -291,7 +312,7 @@ impl Monitor {
                     reason: format!("deprecated by the monitor: {}", signal.reason),
                     sunset_at: None,
                     replacement_version: t,
-                })
+                }))
                 .await
             {
                 Ok(_) => signal.action = format!("{model}/{version} DEPRECATED, replacement {t}"),
@@ -342,7 +363,7 @@ impl Monitor {
             }),
             rows,
         };
-        match trainer.retrain(req).await {
+        match trainer.retrain(as_monitor(req)).await {
             Ok(job) => {
                 signal.action = format!(
                     "trainer job {} on the training data + {n} labeled rows, gated on {}",

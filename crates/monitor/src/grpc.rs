@@ -140,7 +140,14 @@ impl MonitorApi for MonitorGrpc {
     ) -> Result<Response<pb::LogPredictionsResponse>, Status> {
         let mut stream = req.into_inner();
         let mut accepted = 0;
-        while let Some(batch) = stream.message().await? {
+        let mut stopping = self.monitor.stopping.subscribe();
+        loop {
+            let batch = tokio::select! {
+                b = stream.message() => b?,
+                // Shutting down: end the stream; the server reconnects.
+                _ = stopping.wait_for(|s| *s) => None,
+            };
+            let Some(batch) = batch else { break };
             let r = self.monitor.ingest(&batch.records, batch.dropped).await;
             accepted += r.accepted;
         }
@@ -289,6 +296,7 @@ impl MonitorApi for MonitorGrpc {
         };
         let model = r.model;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut stopping = self.monitor.stopping.subscribe();
         tokio::spawn(async move {
             let mut last = r.after_id.unwrap_or(0);
             for s in replay {
@@ -301,7 +309,9 @@ impl MonitorApi for MonitorGrpc {
                 let s = tokio::select! {
                     s = live.recv() => s,
                     _ = tx.closed() => return,
+                    _ = stopping.wait_for(|s| *s) => return,
                 };
+
                 match s {
                     Ok(s) if s.id > last && (model.is_empty() || s.model == model) => {
                         last = s.id;

@@ -94,9 +94,20 @@ pub async fn run(
         .add_service(health)
         .add_service(MonitorGrpc::server(monitor.clone()));
     tracing::info!(addr = %listener.local_addr()?, "monitor serving");
+    let m = monitor.clone();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = m.stopping.send(true);
+    };
     let served = evergreen_runtime::serve(listener, routes, shutdown).await;
+
     ticker.abort();
     actor.abort();
+    // Wait for both, so that every handle on the database is gone when
+    // `run` returns (a restart in the same process reopens it).
+    let _ = ticker.await;
+    let _ = actor.await;
     monitor.persist()?;
+    drop(monitor);
     served
 }

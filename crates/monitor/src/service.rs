@@ -184,6 +184,9 @@ pub struct Monitor {
     pub(crate) state: Mutex<State>,
     pub(crate) store: Store,
     pub(crate) signals: broadcast::Sender<pb::Signal>,
+    /// Set when the daemon is shutting down: open streams (the servers' logs,
+    /// signal watchers) end so that graceful shutdown can finish.
+    pub(crate) stopping: tokio::sync::watch::Sender<bool>,
     /// Breaches due a signal, to the action task (one at a time).
     pub(crate) actions: tokio::sync::mpsc::UnboundedSender<crate::actions::Candidate>,
     loading: AsyncMutex<()>,
@@ -335,7 +338,9 @@ impl Monitor {
             store,
             config,
             signals,
+            stopping: tokio::sync::watch::channel(false).0,
             actions,
+
             loading: AsyncMutex::new(()),
         })
     }
@@ -424,7 +429,7 @@ impl Monitor {
             }
         }
         let t = now();
-        let mut closing: Vec<Key> = Vec::new();
+        let mut closed: Vec<Key> = Vec::new();
         {
             let mut guard = self.state.lock().unwrap();
             let s = &mut *guard;
@@ -461,9 +466,7 @@ impl Monitor {
                 };
                 cur.push_answer(profile, answer);
                 let seq = cur.seq;
-                if cur.rows >= self.config.window_rows {
-                    closing.push(key.clone());
-                }
+                let full = cur.rows >= self.config.window_rows;
                 s.dirty.insert(key.clone());
                 if !r.request_id.is_empty() {
                     let pending = Pending {
@@ -489,10 +492,18 @@ impl Monitor {
                         self.config.feedback_capacity,
                     );
                 }
+                // Close at exactly window_rows, even in the middle of a batch.
+                if full {
+                    let key = (r.model.clone(), r.version);
+                    self.close_locked(s, &key, t);
+                    if !closed.contains(&key) {
+                        closed.push(key);
+                    }
+                }
             }
         }
-        for key in closing {
-            self.close(&key, t);
+        for key in closed {
+            self.evaluate(&key);
         }
         out
     }
@@ -613,16 +624,26 @@ impl Monitor {
     /// the policy, merges it into the long window, opens the next, and
     /// evaluates whether a signal is due.
     pub fn close(&self, key: &Key, t: f64) {
-        {
+        let closed = {
             let mut guard = self.state.lock().unwrap();
-            let s = &mut *guard;
+            self.close_locked(&mut guard, key, t)
+        };
+        if closed {
+            self.evaluate(key);
+        }
+    }
+
+    /// `close` under the state lock; returns whether a window was closed
+    /// (the caller evaluates once the lock is released).
+    fn close_locked(&self, s: &mut State, key: &Key, t: f64) -> bool {
+        {
             let policy = self.policy(s, &key.0);
             let Some(tr) = s.versions.get_mut(key) else {
-                return;
+                return false;
             };
             let st = &mut tr.state;
             if st.current.rows == 0 && st.current.health.requests == 0 {
-                return;
+                return false;
             }
             let model = tr.model.clone();
             let mut w = std::mem::replace(&mut st.current, Window::new(&model.profile, 0, t));
@@ -704,7 +725,7 @@ impl Monitor {
             st.last = Some(w);
             s.dirty.insert(key.clone());
         }
-        self.evaluate(key);
+        true
     }
 
     /// Closes windows open for longer than `window_seconds`, and evaluates
