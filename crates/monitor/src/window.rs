@@ -384,3 +384,64 @@ impl Window {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use evergreen_model::profile::NumericProfile;
+
+    fn profile() -> Profile {
+        Profile {
+            rows: 5000,
+            features: vec![FeatureProfile::Numeric(NumericProfile::from_values(
+                (0..5000).map(|i| (i % 100) as f64),
+                20,
+            ))],
+            predictions: PredictionProfile::classification(&[0.9, 0.1, 0.2, 0.8], 2),
+        }
+    }
+
+    #[test]
+    fn policy_overrides_choose_the_test_and_threshold() {
+        let p = profile();
+        let mut w = Window::new(&p, 1, 0.0);
+        for i in 0..2000 {
+            w.push(&p, &[Value::Number((i % 100) as f64 + 3.0)]);
+        }
+        // Default for 5000 reference rows: normed Wasserstein, 3 / 28.9 ≥ 0.1.
+        let d = w.drift(&p, |_| (None, None));
+        assert_eq!(d[0].0.test, drift::Test::Wasserstein);
+        assert!(d[0].0.drifted, "{:?}", d[0].0);
+        // A looser threshold on the same test: not drifted.
+        let d = w.drift(&p, |_| (None, Some(0.5)));
+        assert_eq!(
+            (d[0].0.test, d[0].0.threshold),
+            (drift::Test::Wasserstein, 0.5)
+        );
+        assert!(!d[0].0.drifted);
+        // Another test: PSI with its default threshold.
+        let d = w.drift(&p, |_| (Some(drift::Test::Psi), None));
+        assert_eq!(d[0].0.test, drift::Test::Psi);
+        assert!(
+            (d[0].0.statistic - d[0].1).abs() < 1e-12,
+            "PSI is the PSI column"
+        );
+    }
+
+    #[test]
+    fn windows_merge_and_survive_serialization() {
+        let p = profile();
+        let (mut a, mut b) = (Window::new(&p, 1, 0.0), Window::new(&p, 2, 0.0));
+        a.push(&p, &[Value::Number(1.0)]);
+        b.push(&p, &[Value::Number(50.0)]);
+        b.push_answer(&p, Answer::Probabilities(&[0.3, 0.7]));
+        b.add_label(Answer::Probabilities(&[0.3, 0.7]), Truth::Class(1));
+        a.merge(&b);
+        assert_eq!(a.rows, 2);
+        assert_eq!(a.realized.labeled(), 1);
+        let bytes = postcard::to_stdvec(&a).unwrap();
+        let back: Window = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, a);
+        assert!(back.fits(&p));
+    }
+}
