@@ -27,6 +27,8 @@ pub struct Sandbox {
     server_config: Option<ServerConfig>,
     monitor: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
     monitor_config: Option<evergreen_monitor::MonitorConfig>,
+    /// Bound before the registry starts (which needs the monitor's URL).
+    monitor_listener: Option<TcpListener>,
     dir: Option<tempfile::TempDir>,
     data_dir: PathBuf,
     config: RegistryConfig,
@@ -84,8 +86,21 @@ impl SandboxBuilder {
 
     pub async fn start(self) -> Sandbox {
         let dir = tempfile::tempdir().expect("temp dir");
+        // The registry asks the monitor about phase-out steps, and starts
+        // first: the monitor's port is bound now so its URL is known.
+        let monitor_listener = match self.monitor {
+            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.expect("bind")),
+            None => None,
+        };
+        let monitor_addr = monitor_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound"));
         let mut config = RegistryConfig {
             data_dir: dir.path().join("registry"),
+            // No monitor in the sandbox: no health checks.
+            monitor_url: monitor_addr
+                .map(|a| format!("http://{a}"))
+                .unwrap_or_default(),
             ..Default::default()
         };
         if let Some(f) = self.tweak {
@@ -115,9 +130,10 @@ impl SandboxBuilder {
             trainer: None,
             trainer_config,
             server_addr: None,
-            monitor_addr: None,
+            monitor_addr,
             monitor: None,
             monitor_config,
+            monitor_listener,
             server: None,
             server_config,
             dir: Some(dir),
@@ -204,9 +220,12 @@ impl Sandbox {
 
     async fn boot_monitor(&mut self) {
         // A restart binds the same port, so the server's log stream finds it.
-        let listener = TcpListener::bind(self.monitor_addr.unwrap_or(([127, 0, 0, 1], 0).into()))
-            .await
-            .expect("bind");
+        let listener = match self.monitor_listener.take() {
+            Some(l) => l,
+            None => TcpListener::bind(self.monitor_addr.unwrap_or(([127, 0, 0, 1], 0).into()))
+                .await
+                .expect("bind"),
+        };
         self.monitor_addr = Some(listener.local_addr().unwrap());
         let mut config = self
             .monitor_config

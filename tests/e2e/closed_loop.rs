@@ -16,7 +16,7 @@ use tonic::Code;
 const MODEL: &str = "bc";
 
 /// breast_cancer.csv: features (30 numbers) and the label ("0" / "1").
-fn load() -> Vec<(Vec<f64>, String)> {
+pub(crate) fn load() -> Vec<(Vec<f64>, String)> {
     let text = std::fs::read_to_string(dataset("breast_cancer.csv")).unwrap();
     text.lines()
         .skip(1)
@@ -30,13 +30,17 @@ fn load() -> Vec<(Vec<f64>, String)> {
 
 /// A spread-out sample (every 7th row, cycling), so that a window looks
 /// like the data as a whole and not like its sorted head.
-fn sample(data: &[(Vec<f64>, String)], from: usize, n: usize) -> Vec<(Vec<f64>, String)> {
+pub(crate) fn sample(
+    data: &[(Vec<f64>, String)],
+    from: usize,
+    n: usize,
+) -> Vec<(Vec<f64>, String)> {
     (from..from + n)
         .map(|i| data[(i * 7) % data.len()].clone())
         .collect()
 }
 
-fn to_row(x: &[f64]) -> Row {
+pub(crate) fn to_row(x: &[f64]) -> Row {
     Row {
         values: x
             .iter()
@@ -96,7 +100,7 @@ async fn report(sb: &Sandbox, version: u64, window: WindowKind) -> Result<Report
 }
 
 /// Polls until `f` holds (30 s at most).
-async fn until<T, F: std::future::Future<Output = Option<T>>>(
+pub(crate) async fn until<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
     mut f: impl FnMut() -> F,
 ) -> T {

@@ -4,6 +4,7 @@ mod bad_input;
 mod closed_loop;
 mod lifecycle;
 mod monitor;
+mod phaseout;
 mod platform;
 mod server;
 mod trainer;

@@ -114,6 +114,8 @@ short_name! {
     Stage => "STAGE_",
     SignalKind => "SIGNAL_KIND_",
     WindowKind => "WINDOW_KIND_",
+    PhaseoutState => "PHASEOUT_STATE_",
+    PhaseoutAction => "PHASEOUT_ACTION_",
 }
 
 #[cfg(test)]

@@ -17,6 +17,9 @@ pub struct RegistryConfig {
     /// Artifacts up to this size are stored inside the database (one fsync
     /// with the version record); larger ones go to `data_dir/artifacts`.
     pub inline_artifact_bytes: u64,
+    /// The monitor a phase-out asks whether the new version is healthy
+    /// before each step; "" = no health check (steps advance on time).
+    pub monitor_url: String,
     pub watch: WatchConfig,
 }
 
@@ -38,6 +41,7 @@ impl Default for RegistryConfig {
             data_dir: PathBuf::from(".evergreen/registry"),
             max_artifact_bytes: 1 << 30,
             inline_artifact_bytes: 128 * 1024,
+            monitor_url: "http://127.0.0.1:7403".into(),
             watch: WatchConfig::default(),
         }
     }
@@ -82,6 +86,12 @@ impl RegistryConfig {
                 "invalid registry.data_dir: expected a directory path, got an empty string"
             );
         }
+        let url = &self.monitor_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            anyhow::bail!(
+                "invalid registry.monitor_url = {url:?}: expected an http:// or https:// URL (\"\" = no health check)"
+            );
+        }
         Ok(())
     }
 }
@@ -93,5 +103,25 @@ impl evergreen_runtime::DaemonConfig for RegistryConfig {
 
     fn validate(&self) -> anyhow::Result<()> {
         RegistryConfig::validate(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monitor_url_is_an_http_url_or_empty() {
+        let mut c = RegistryConfig::default();
+        assert_eq!(c.monitor_url, "http://127.0.0.1:7403");
+        c.validate().unwrap();
+        c.monitor_url = String::new();
+        c.validate().unwrap();
+        c.monitor_url = "monitor:7403".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "invalid registry.monitor_url = \"monitor:7403\": expected an http:// or https:// URL (\"\" = no health check)"
+        );
     }
 }

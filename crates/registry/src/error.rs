@@ -15,6 +15,8 @@ pub enum RegistryError {
     VersionNotFound { model: String, version: u64 },
     #[error("alias {alias:?} of model {model:?} not found")]
     AliasNotFound { model: String, alias: String },
+    #[error("model {0:?} has no phase-out; start one with StartPhaseout (evergreen phaseout {0} --from V --to W --steps 10,25,50,100 --every 10m)")]
+    NoPhaseout(String),
     #[error("model {0:?} already exists")]
     ModelExists(String),
     #[error("alias {model}@{alias} {}, but the request expected it {}", describe_target(*.actual), describe_expected(*.expected))]

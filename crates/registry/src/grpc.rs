@@ -10,11 +10,12 @@ use evergreen_proto::v1::{
     register_version_request::Part, version_ref::Selector as RefSelector, watch_response, Alias,
     ArtifactChunk, Compacted, CreateModelRequest, DeleteAliasRequest, DeleteAliasResponse,
     DeleteModelRequest, DeleteModelResponse, DeleteVersionRequest, DeleteVersionResponse,
-    DownloadArtifactRequest, GetModelRequest, GetVersionRequest, HistoryRequest, HistoryResponse,
-    ListModelsRequest, ListModelsResponse, ListVersionsRequest, ListVersionsResponse, Model,
-    ModelVersion, RegisterVersionRequest, RollbackAliasRequest, SetAliasRequest,
-    SetTrafficPolicyRequest, SetVersionStatusRequest, UpdateModelRequest, VersionRef,
-    VersionStatus, WatchRequest, WatchResponse,
+    DownloadArtifactRequest, GetModelRequest, GetPhaseoutRequest, GetVersionRequest,
+    HistoryRequest, HistoryResponse, ListModelsRequest, ListModelsResponse, ListVersionsRequest,
+    ListVersionsResponse, Model, ModelVersion, Phaseout, PhaseoutAction, RegisterVersionRequest,
+    RollbackAliasRequest, SetAliasRequest, SetTrafficPolicyRequest, SetVersionStatusRequest,
+    StartPhaseoutRequest, UpdateModelRequest, UpdatePhaseoutRequest, VersionRef, VersionStatus,
+    WatchRequest, WatchResponse,
 };
 use futures::{Stream, StreamExt};
 use tokio::io::AsyncReadExt;
@@ -24,6 +25,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::error::RegistryError;
 use crate::names::{Selector, VersionSpec};
+use crate::phaseout::Phaseouts;
 use crate::service::{Caller, Deprecation, Registry};
 use crate::watch::WatchItem;
 
@@ -37,7 +39,8 @@ pub fn to_status(e: RegistryError) -> Status {
         }
         RegistryError::ModelNotFound(_)
         | RegistryError::VersionNotFound { .. }
-        | RegistryError::AliasNotFound { .. } => Code::NotFound,
+        | RegistryError::AliasNotFound { .. }
+        | RegistryError::NoPhaseout(_) => Code::NotFound,
         RegistryError::ModelExists(_) => Code::AlreadyExists,
         RegistryError::AliasMismatch { .. } | RegistryError::FailedPrecondition(_) => {
             Code::FailedPrecondition
@@ -78,11 +81,15 @@ fn spec(r: Option<VersionRef>) -> Result<VersionSpec, Status> {
 
 pub struct RegistryGrpc {
     registry: Arc<Registry>,
+    phaseouts: Arc<Phaseouts>,
 }
 
 impl RegistryGrpc {
-    pub fn server(registry: Arc<Registry>) -> RegistryServer<Self> {
-        RegistryServer::new(Self { registry })
+    pub fn server(registry: Arc<Registry>, phaseouts: Arc<Phaseouts>) -> RegistryServer<Self> {
+        RegistryServer::new(Self {
+            registry,
+            phaseouts,
+        })
     }
 }
 
@@ -350,6 +357,48 @@ impl RegistryApi for RegistryGrpc {
             .history(&r.model, r.limit as usize)
             .map_err(to_status)?;
         Ok(Response::new(HistoryResponse { entries }))
+    }
+
+    async fn start_phaseout(
+        &self,
+        req: Request<StartPhaseoutRequest>,
+    ) -> Result<Response<Phaseout>, Status> {
+        let (meta, _, mut r) = req.into_parts();
+        let c = caller(&meta, std::mem::take(&mut r.reason));
+        Ok(Response::new(
+            self.phaseouts.start(c, r).await.map_err(to_status)?,
+        ))
+    }
+
+    async fn get_phaseout(
+        &self,
+        req: Request<GetPhaseoutRequest>,
+    ) -> Result<Response<Phaseout>, Status> {
+        Ok(Response::new(
+            self.phaseouts
+                .get(&req.into_inner().model)
+                .map_err(to_status)?,
+        ))
+    }
+
+    async fn update_phaseout(
+        &self,
+        req: Request<UpdatePhaseoutRequest>,
+    ) -> Result<Response<Phaseout>, Status> {
+        let (meta, _, r) = req.into_parts();
+        let action = PhaseoutAction::try_from(r.action).map_err(|_| {
+            Status::invalid_argument(format!(
+                "unknown action {}: expected PAUSE (1), RESUME (2) or ABORT (3)",
+                r.action
+            ))
+        })?;
+        let c = caller(&meta, r.reason);
+        Ok(Response::new(
+            self.phaseouts
+                .update(c, r.model, action)
+                .await
+                .map_err(to_status)?,
+        ))
     }
 
     type WatchStream = BoxStream<WatchResponse>;

@@ -4,13 +4,17 @@
 //!
 //! Code map: `store` (sled + the single writer), `watch` (fan-out to
 //! watchers), `artifacts` (content-addressed blobs), `service` (the
-//! operations), `grpc` (the tonic adapter), `config`, `names`, `error`.
+//! operations), `phaseout` (gradual phase-out schedules and their
+//! scheduler), `monitor` (its health checks), `grpc` (the tonic adapter),
+//! `config`, `names`, `error`.
 
 pub mod artifacts;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod monitor;
 pub mod names;
+pub mod phaseout;
 pub mod service;
 pub mod store;
 pub mod watch;
@@ -58,6 +62,14 @@ pub async fn run(
         artifacts,
         config.max_artifact_bytes,
     ));
+    let phaseouts = Arc::new(phaseout::Phaseouts::new(
+        store.clone(),
+        monitor::HealthCheck::new(&config.monitor_url)?,
+    ));
+    // The phase-out scheduler: stopped by the shutdown signal, awaited
+    // before the store closes.
+    let (stop_scheduler, stopped) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(phaseouts.clone().run(stopped));
 
     let (health_reporter, health) = evergreen_runtime::tonic_health::server::health_reporter();
     health_reporter
@@ -66,15 +78,20 @@ pub async fn run(
     let mut routes = RoutesBuilder::default();
     routes
         .add_service(health)
-        .add_service(RegistryGrpc::server(registry.clone()));
+        .add_service(RegistryGrpc::server(registry.clone(), phaseouts));
 
     let hub = store.hub().clone();
-    let signal = async move {
+    let signal = async {
         shutdown.await;
+        let _ = stop_scheduler.send(true);
         hub.close(); // ends watch streams so the drain can finish
     };
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "registry serving");
     let served = evergreen_runtime::serve(listener, routes, signal).await;
+    let _ = stop_scheduler.send(true);
+    if let Err(e) = scheduler.await {
+        tracing::error!(error = %e, "the phase-out scheduler panicked");
+    }
     drop(registry);
     store.close();
     tracing::info!("registry stopped");

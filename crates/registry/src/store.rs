@@ -42,6 +42,7 @@ const TREES: &[&str] = &[
     "events",
     "audit",
     "blobs",
+    "phaseouts",
 ];
 
 /// Most mutations the writer applies before one flush.
@@ -95,9 +96,10 @@ struct Trees {
     counters: sled::Tree,
     events: sled::Tree,
     audit: sled::Tree,
+    phaseouts: sled::Tree,
 }
 
-/// What one mutation's transaction sees: the six trees, plus the event it
+/// What one mutation's transaction sees: the seven trees, plus the events it
 /// appends. Built afresh for each attempt of the transaction.
 pub struct Tx<'a> {
     meta: &'a TransactionalTree,
@@ -106,6 +108,7 @@ pub struct Tx<'a> {
     counters: &'a TransactionalTree,
     events: &'a TransactionalTree,
     audit: &'a TransactionalTree,
+    phaseouts: &'a TransactionalTree,
     history: u64,
     actor: &'a str,
     emitted: Vec<Event>,
@@ -209,6 +212,11 @@ impl Tx<'_> {
         self.actor
     }
 
+    /// Phase-out records, model name -> `Phaseout` (see `phaseout.rs`).
+    pub fn phaseouts(&self) -> &TransactionalTree {
+        self.phaseouts
+    }
+
     /// Appends the change to the event log and the model's audit trail and
     /// returns its revision.
     pub fn record(&mut self, c: Change<'_>) -> TxResult<u64> {
@@ -286,6 +294,7 @@ impl Store {
             counters: db.open_tree("counters")?,
             events: db.open_tree("events")?,
             audit: db.open_tree("audit")?,
+            phaseouts: db.open_tree("phaseouts")?,
         };
         match trees.meta.get(FORMAT_KEY)? {
             Some(f) if f.as_ref() == FORMAT => {}
@@ -525,6 +534,11 @@ impl Reader {
         Ok(entries)
     }
 
+    /// Phase-out records, model name -> `Phaseout` (see `phaseout.rs`).
+    pub fn phaseouts(&self) -> &sled::Tree {
+        &self.trees.phaseouts
+    }
+
     /// Retained events with revision in (after, upto], in order.
     pub fn events_between(&self, after: u64, upto: u64) -> impl Iterator<Item = Result<Event>> {
         let lo = after.saturating_add(1).to_be_bytes();
@@ -567,22 +581,26 @@ impl Writer {
             &t.counters,
             &t.events,
             &t.audit,
+            &t.phaseouts,
         )
-            .transaction(|(meta, models, versions, counters, events, audit)| {
-                let mut tx = Tx {
-                    meta,
-                    models,
-                    versions,
-                    counters,
-                    events,
-                    audit,
-                    history: self.history,
-                    actor,
-                    emitted: Vec::new(),
-                };
-                let value = f(&mut tx)?;
-                Ok((value, tx.emitted))
-            });
+            .transaction(
+                |(meta, models, versions, counters, events, audit, phaseouts)| {
+                    let mut tx = Tx {
+                        meta,
+                        models,
+                        versions,
+                        counters,
+                        events,
+                        audit,
+                        phaseouts,
+                        history: self.history,
+                        actor,
+                        emitted: Vec::new(),
+                    };
+                    let value = f(&mut tx)?;
+                    Ok((value, tx.emitted))
+                },
+            );
         match result {
             Ok(v) => Ok(v),
             Err(TransactionError::Abort(e)) => Err(e),
