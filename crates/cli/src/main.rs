@@ -8,6 +8,7 @@ mod feedback;
 mod monitor;
 mod monitor_output;
 mod output;
+mod phaseout;
 mod serving;
 mod train;
 
@@ -178,6 +179,10 @@ enum Command {
     /// Send delayed labels (ground truth) of logged predictions to the
     /// monitor: one with --request-id, or a CSV with --file.
     Feedback(feedback::FeedbackArgs),
+    /// Move a model's traffic from one version to another step by step
+    /// (the registry runs the schedule, asking the monitor before each
+    /// step), then deprecate the old one; or show, pause, resume, abort it.
+    Phaseout(phaseout::PhaseoutArgs),
     /// Print registry events as they happen, until interrupted.
     Watch {
         /// Replay events after this revision first (default: from now on).
@@ -691,6 +696,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             feedback::send(&cli.monitor, labels, cli.json).await?;
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Phaseout(args) => {
+            phaseout::PhaseoutCtx::connect(&cli.registry, &actor, cli.json)
+                .await?
+                .run(args)
+                .await?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Monitoring(cmd) => {
             if let MonitoringCmd::Set { edits, .. } = &cmd {
                 if edits.is_empty() {
@@ -810,6 +822,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Health { .. }
         | Command::Signals { .. }
         | Command::Feedback(_)
+        | Command::Phaseout(_)
         | Command::Monitoring(_) => {
             unreachable!("handled above")
         }
@@ -1076,6 +1089,82 @@ mod tests {
         ] {
             assert_eq!(parse_err(bad).exit_code(), 2, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn phaseout_starts_or_acts_on_one() {
+        let cli = Cli::try_parse_from([
+            "evergreen",
+            "phaseout",
+            "churn",
+            "--from",
+            "3",
+            "--to",
+            "4",
+            "--steps",
+            "10,25,50,100",
+            "--every",
+            "10m",
+            "--retire-after",
+            "1h",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let Command::Phaseout(a) = cli.command else {
+            panic!("not phaseout");
+        };
+        assert!(a.action.is_none());
+        assert_eq!(a.name.as_deref(), Some("churn"));
+        assert_eq!((a.from, a.to), (Some(3), Some(4)));
+        assert_eq!(a.steps, Some(phaseout::Steps(vec![10, 25, 50, 100])));
+        assert_eq!((a.every, a.retire_after), (Some(600), Some(3600)));
+
+        let cli = Cli::try_parse_from(["evergreen", "phaseout", "status", "churn", "--json"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(cli.json);
+        assert!(matches!(
+            cli.command,
+            Command::Phaseout(phaseout::PhaseoutArgs {
+                action: Some(phaseout::PhaseoutCmd::Status { ref name }),
+                ..
+            }) if name == "churn"
+        ));
+        for (verb, want) in [("pause", "Pause"), ("resume", "Resume"), ("abort", "Abort")] {
+            let cli = Cli::try_parse_from(["evergreen", "phaseout", verb, "churn"])
+                .unwrap_or_else(|e| panic!("{e}"));
+            let Command::Phaseout(a) = cli.command else {
+                panic!("not phaseout");
+            };
+            assert!(format!("{:?}", a.action).starts_with(&format!("Some({want} ")));
+        }
+        // Usage errors name the flag (exit 2).
+        let base = ["evergreen", "phaseout", "churn", "--from", "3", "--to", "4"];
+        for (extra, expected) in [
+            (&["--steps", "10,x", "--every", "1m"][..], "--steps"),
+            (&["--steps", "50,100", "--every", "0s"], "at least 1s"),
+            (&["--steps", "50,100", "--every", "soon"], "--every"),
+            (&["--steps", "50,100"], "--every"),
+            (&["--every", "1m"], "--steps"),
+        ] {
+            let mut args = base.to_vec();
+            args.extend(extra);
+            let err = parse_err(&args);
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+            assert!(err.to_string().contains(expected), "{err}");
+        }
+        assert_eq!(
+            parse_err(&[
+                "evergreen",
+                "phaseout",
+                "churn",
+                "--steps",
+                "100",
+                "--every",
+                "1s"
+            ])
+            .exit_code(),
+            2,
+            "--from and --to are required"
+        );
     }
 
     #[test]
