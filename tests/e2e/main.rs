@@ -1,5 +1,6 @@
 //! End-to-end suite: real daemons over real gRPC (see `evergreen_e2e::Sandbox`).
 
+mod archive;
 mod bad_input;
 mod closed_loop;
 mod lifecycle;

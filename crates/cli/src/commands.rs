@@ -427,8 +427,10 @@ impl Ctx {
         let req = self.req(DeleteVersionRequest {
             r#ref: version_ref(reference.clone()),
             reason,
+            ..Default::default()
         });
         let revision = self.client.delete_version(req).await?.into_inner().revision;
+
         self.show(
             || json!({ "ref": reference, "revision": revision }),
             || emit(format!("deleted version {reference} (revision {revision})")),

@@ -18,6 +18,8 @@ pub trait ArtifactStore: Send + Sync + 'static {
     async fn begin(&self) -> Result<Box<dyn ArtifactUpload>>;
     /// Opens the artifact with this digest for streaming.
     async fn open(&self, sha256: &str) -> Result<Pin<Box<dyn AsyncRead + Send>>>;
+    /// Frees the bytes (after an archive); missing bytes are not an error.
+    async fn remove(&self, sha256: &str) -> Result<()>;
 }
 
 #[async_trait]
@@ -78,6 +80,18 @@ impl ArtifactStore for LocalDirStore {
                 RegistryError::Storage(format!("artifact {sha256} is missing from the store: {e}"))
             })?;
         Ok(Box::pin(file))
+    }
+
+    async fn remove(&self, sha256: &str) -> Result<()> {
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(RegistryError::Storage(format!(
+                "malformed artifact digest {sha256:?}"
+            )));
+        }
+        match tokio::fs::remove_file(self.path_of(sha256)).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -153,6 +167,12 @@ impl ArtifactStore for TieredStore {
             Some(bytes) => Ok(Box::pin(std::io::Cursor::new(bytes))),
             None => self.large.open(sha256).await,
         }
+    }
+
+    async fn remove(&self, sha256: &str) -> Result<()> {
+        self.small.remove(sha256.as_bytes())?;
+        self.small.flush_async().await?;
+        self.large.remove(sha256).await
     }
 }
 

@@ -21,6 +21,17 @@ pub struct RegistryConfig {
     /// before each step; "" = no health check (steps advance on time).
     pub monitor_url: String,
     pub watch: WatchConfig,
+    pub archive: ArchiveConfig,
+}
+
+/// Where `Archive` puts retired versions: S3 when `s3.bucket` is set, else
+/// a local directory.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Local archive directory ("" = `data_dir/archive`).
+    pub dir: PathBuf,
+    pub s3: evergreen_s3::S3Config,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,6 +54,7 @@ impl Default for RegistryConfig {
             inline_artifact_bytes: 128 * 1024,
             monitor_url: "http://127.0.0.1:7403".into(),
             watch: WatchConfig::default(),
+            archive: ArchiveConfig::default(),
         }
     }
 }
@@ -57,6 +69,15 @@ impl Default for WatchConfig {
 }
 
 impl RegistryConfig {
+    /// The local archive directory in effect.
+    pub fn archive_dir(&self) -> PathBuf {
+        if self.archive.dir.as_os_str().is_empty() {
+            self.data_dir.join("archive")
+        } else {
+            self.archive.dir.clone()
+        }
+    }
+
     /// Checks values serde cannot; errors name the key.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.max_artifact_bytes == 0 {
@@ -86,7 +107,12 @@ impl RegistryConfig {
                 "invalid registry.data_dir: expected a directory path, got an empty string"
             );
         }
+        self.archive
+            .s3
+            .validate("registry.archive.s3")
+            .map_err(|e| anyhow::anyhow!(e))?;
         let url = &self.monitor_url;
+
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             anyhow::bail!(
                 "invalid registry.monitor_url = {url:?}: expected an http:// or https:// URL (\"\" = no health check)"

@@ -41,6 +41,10 @@ pub enum RegistryError {
     WatcherLagged { resume_from: u64 },
     #[error("registry is shutting down")]
     ShuttingDown,
+    /// A dependency (the archive's S3 endpoint) is down; retry later.
+    #[error("{0}")]
+    Unavailable(String),
+
     /// Disk or database failure: not the caller's fault.
     #[error("storage error: {0}")]
     Storage(String),

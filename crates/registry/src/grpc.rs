@@ -23,6 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::archive::Archiver;
 use crate::error::RegistryError;
 use crate::names::{Selector, VersionSpec};
 use crate::phaseout::Phaseouts;
@@ -47,7 +48,10 @@ pub fn to_status(e: RegistryError) -> Status {
         }
         RegistryError::ArtifactTooLarge { .. } => Code::ResourceExhausted,
         RegistryError::FutureRevision { .. } => Code::OutOfRange,
-        RegistryError::WatcherLagged { .. } | RegistryError::ShuttingDown => Code::Unavailable,
+        RegistryError::WatcherLagged { .. }
+        | RegistryError::ShuttingDown
+        | RegistryError::Unavailable(_) => Code::Unavailable,
+
         RegistryError::Storage(_) => Code::Internal,
     };
     let mut status = Status::new(code, e.to_string());
@@ -82,13 +86,19 @@ fn spec(r: Option<VersionRef>) -> Result<VersionSpec, Status> {
 pub struct RegistryGrpc {
     registry: Arc<Registry>,
     phaseouts: Arc<Phaseouts>,
+    archiver: Arc<Archiver>,
 }
 
 impl RegistryGrpc {
-    pub fn server(registry: Arc<Registry>, phaseouts: Arc<Phaseouts>) -> RegistryServer<Self> {
+    pub fn server(
+        registry: Arc<Registry>,
+        phaseouts: Arc<Phaseouts>,
+        archiver: Arc<Archiver>,
+    ) -> RegistryServer<Self> {
         RegistryServer::new(Self {
             registry,
             phaseouts,
+            archiver,
         })
     }
 }
@@ -288,10 +298,38 @@ impl RegistryApi for RegistryGrpc {
         let spec = spec(r.r#ref)?;
         let revision = self
             .registry
-            .delete_version(caller(&meta, r.reason), spec)
+            .delete_version(caller(&meta, r.reason), spec, r.force)
             .await
             .map_err(to_status)?;
         Ok(Response::new(DeleteVersionResponse { revision }))
+    }
+
+    async fn archive(
+        &self,
+        req: Request<evergreen_proto::v1::ArchiveRequest>,
+    ) -> Result<Response<ModelVersion>, Status> {
+        let (meta, _, r) = req.into_parts();
+        let spec = spec(r.r#ref)?;
+        let v = self
+            .archiver
+            .archive(caller(&meta, r.reason), spec, r.include_data)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(v))
+    }
+
+    async fn restore(
+        &self,
+        req: Request<evergreen_proto::v1::RestoreRequest>,
+    ) -> Result<Response<ModelVersion>, Status> {
+        let (meta, _, r) = req.into_parts();
+        let spec = spec(r.r#ref)?;
+        let v = self
+            .archiver
+            .restore(caller(&meta, r.reason), spec, r.activate)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(v))
     }
 
     async fn set_alias(&self, req: Request<SetAliasRequest>) -> Result<Response<Alias>, Status> {

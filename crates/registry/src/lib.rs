@@ -4,10 +4,12 @@
 //!
 //! Code map: `store` (sled + the single writer), `watch` (fan-out to
 //! watchers), `artifacts` (content-addressed blobs), `service` (the
-//! operations), `phaseout` (gradual phase-out schedules and their
+//! operations), `archive` (archive to S3 or a directory, and restore),
+//! `phaseout` (gradual phase-out schedules and their
 //! scheduler), `monitor` (its health checks), `grpc` (the tonic adapter),
 //! `config`, `names`, `error`.
 
+pub mod archive;
 pub mod artifacts;
 pub mod config;
 pub mod error;
@@ -57,6 +59,13 @@ pub async fn run(
         config.inline_artifact_bytes as usize,
         files,
     ));
+    let archiver = Arc::new(archive::Archiver::new(
+        store.clone(),
+        artifacts.clone(),
+        archive::Target::new(&config.archive.s3, &config.archive_dir()).await,
+        &config.monitor_url,
+        config.data_dir.join("tmp"),
+    ));
     let registry = Arc::new(service::Registry::new(
         store.clone(),
         artifacts,
@@ -76,9 +85,11 @@ pub async fn run(
         .set_serving::<RegistryServer<RegistryGrpc>>()
         .await;
     let mut routes = RoutesBuilder::default();
-    routes
-        .add_service(health)
-        .add_service(RegistryGrpc::server(registry.clone(), phaseouts));
+    routes.add_service(health).add_service(RegistryGrpc::server(
+        registry.clone(),
+        phaseouts,
+        archiver,
+    ));
 
     let hub = store.hub().clone();
     let signal = async {

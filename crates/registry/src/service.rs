@@ -310,6 +310,7 @@ impl Registry {
                     aliases: Vec::new(),
                     sunset_at: None,
                     replacement_version: 0,
+                    archive_uri: String::new(),
                 };
                 tx.put_version(&version)?;
                 model.latest_version = number;
@@ -345,11 +346,18 @@ impl Registry {
         spec: &VersionSpec,
     ) -> Result<(ModelVersion, std::pin::Pin<Box<dyn AsyncRead + Send>>)> {
         let version = self.store.get_version(spec)?;
+        if version_status(&version) == VersionStatus::Archived {
+            return Err(RegistryError::FailedPrecondition(format!(
+                "{}/{} is ARCHIVED (at {}): its artifact is not here; restore it first (evergreen restore {} {})",
+                version.model, version.version, version.archive_uri, version.model, version.version
+            )));
+        }
         let sha = version
             .artifact
             .as_ref()
             .map(|a| a.sha256.clone())
             .unwrap_or_default();
+
         let reader = self.artifacts.open(&sha).await?;
         Ok((version, reader))
     }
@@ -448,7 +456,12 @@ impl Registry {
             .await
     }
 
-    pub async fn delete_version(&self, caller: Caller, spec: VersionSpec) -> Result<u64> {
+    pub async fn delete_version(
+        &self,
+        caller: Caller,
+        spec: VersionSpec,
+        force: bool,
+    ) -> Result<u64> {
         let (_, number) = self.store.resolve(&spec)?;
         let name = spec.model.clone();
         self.store
@@ -461,6 +474,12 @@ impl Registry {
                     return abort(RegistryError::FailedPrecondition(format!(
                             "cannot delete {name}/{number}: alias(es) {pointing:?} still point at it; move them first"
                         )));
+                }
+                if version_status(&version) == VersionStatus::Archived && !force {
+                    return abort(RegistryError::FailedPrecondition(format!(
+                        "{name}/{number} is ARCHIVED (at {}): deleting its record needs force (--force); the archive itself is kept",
+                        version.archive_uri
+                    )));
                 }
                 tx.remove_version(&name, number)?;
                 tx.record(Change {

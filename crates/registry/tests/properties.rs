@@ -102,7 +102,7 @@ proptest! {
                     }
                     Op::DeleteVersion(v) => {
                         let spec = VersionSpec { model: "m".into(), selector: Selector::Version(v) };
-                        let got = r.delete_version(caller(), spec).await;
+                        let got = r.delete_version(caller(), spec, false).await;
                         let aliased = want.aliases.values().any(|t| *t == v);
                         match (want.versions.contains(&v), aliased) {
                             (false, _) => assert!(matches!(got, Err(RegistryError::VersionNotFound { .. })), "{got:?}"),

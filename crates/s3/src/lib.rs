@@ -122,6 +122,23 @@ pub enum S3Error {
     },
     #[error("local file {path}: {message}")]
     Local { path: String, message: String },
+    #[error("S3 object {uri} is corrupt: {message}")]
+    Corrupt { uri: String, message: String },
+}
+
+/// A failure while reading an object's body: corruption (the SDK checks the
+/// checksums S3 stored at upload) or a transfer error.
+fn body_error(uri: String, e: impl std::error::Error + 'static) -> S3Error {
+    let message = DisplayErrorContext(&e).to_string();
+    if message.contains("checksum mismatch") {
+        S3Error::Corrupt { uri, message }
+    } else {
+        S3Error::Other {
+            operation: "download".into(),
+            uri,
+            message,
+        }
+    }
 }
 
 impl S3Error {
@@ -416,11 +433,11 @@ impl S3Store {
         let mut file = tokio::fs::File::create(path).await.map_err(local)?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
-        while let Some(chunk) = body.try_next().await.map_err(|e| S3Error::Other {
-            operation: "download".into(),
-            uri: self.config.uri(key),
-            message: DisplayErrorContext(&e).to_string(),
-        })? {
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| body_error(self.config.uri(key), e))?
+        {
             hasher.update(&chunk);
             size += chunk.len() as u64;
             file.write_all(&chunk).await.map_err(local)?;
@@ -443,11 +460,12 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| self.classify("download", key, e))?;
-        let bytes = resp.body.collect().await.map_err(|e| S3Error::Other {
-            operation: "download".into(),
-            uri: self.config.uri(key),
-            message: DisplayErrorContext(&e).to_string(),
-        })?;
+        let bytes = resp
+            .body
+            .collect()
+            .await
+            .map_err(|e| body_error(self.config.uri(key), e))?;
+
         Ok(bytes.into_bytes().to_vec())
     }
 
