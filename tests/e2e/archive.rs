@@ -366,3 +366,70 @@ async fn without_s3_the_archive_is_a_local_directory() {
     c.restore(restore_req("small", v, false)).await.unwrap();
     assert_eq!(download(&mut c, "small/1").await.unwrap(), bytes);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_retires_beyond_k_active_and_archives_what_stays_retired() {
+    let sb = Sandbox::builder()
+        .registry(|c| {
+            c.retention.keep_active = 2;
+            c.retention.archive_retired_after_seconds = 1;
+            c.retention.interval_seconds = 1;
+        })
+        .start()
+        .await;
+    let mut c = sb.registry().await;
+    for i in 0..4u8 {
+        register(&mut c, "kept", &[i; 100]).await;
+    }
+    // v1 is still production: retention never retires what serves.
+    c.set_alias(evergreen_proto::v1::SetAliasRequest {
+        model: "kept".into(),
+        alias: "production".into(),
+        version: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if status(&mut c, "kept/2").await.status == VersionStatus::Archived as i32 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "v2 was never archived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for v in [1, 3, 4] {
+        assert_eq!(
+            status(&mut c, &format!("kept/{v}")).await.status,
+            VersionStatus::Active as i32,
+            "v{v}"
+        );
+    }
+    let h = c
+        .history(HistoryRequest {
+            model: "kept".into(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let by_retention: Vec<(i32, u64)> = h
+        .iter()
+        .filter(|e| e.actor == "evergreen-registry")
+        .map(|e| (e.kind, e.version))
+        .collect();
+    assert_eq!(
+        by_retention,
+        [
+            (EventKind::VersionStatusChanged as i32, 2),
+            (EventKind::VersionArchived as i32, 2)
+        ]
+    );
+    assert!(h
+        .iter()
+        .any(|e| e.reason.contains("keeps at most 2 ACTIVE")));
+}

@@ -22,6 +22,7 @@ pub struct RegistryConfig {
     pub monitor_url: String,
     pub watch: WatchConfig,
     pub archive: ArchiveConfig,
+    pub retention: crate::retention::RetentionConfig,
 }
 
 /// Where `Archive` puts retired versions: S3 when `s3.bucket` is set, else
@@ -55,6 +56,7 @@ impl Default for RegistryConfig {
             monitor_url: "http://127.0.0.1:7403".into(),
             watch: WatchConfig::default(),
             archive: ArchiveConfig::default(),
+            retention: Default::default(),
         }
     }
 }

@@ -6,7 +6,9 @@
 //! watchers), `artifacts` (content-addressed blobs), `service` (the
 //! operations), `archive` (archive to S3 or a directory, and restore),
 //! `phaseout` (gradual phase-out schedules and their
-//! scheduler), `monitor` (its health checks), `grpc` (the tonic adapter),
+//! scheduler), `retention` (keep K active, archive after N seconds),
+//! `monitor` (its health checks), `grpc` (the tonic adapter),
+
 //! `config`, `names`, `error`.
 
 pub mod archive;
@@ -17,6 +19,7 @@ pub mod grpc;
 pub mod monitor;
 pub mod names;
 pub mod phaseout;
+pub mod retention;
 pub mod service;
 pub mod store;
 pub mod watch;
@@ -78,7 +81,13 @@ pub async fn run(
     // The phase-out scheduler: stopped by the shutdown signal, awaited
     // before the store closes.
     let (stop_scheduler, stopped) = tokio::sync::watch::channel(false);
-    let scheduler = tokio::spawn(phaseouts.clone().run(stopped));
+    let scheduler = tokio::spawn(phaseouts.clone().run(stopped.clone()));
+    let retention = Arc::new(retention::Retention::new(
+        registry.clone(),
+        archiver.clone(),
+        config.retention.clone(),
+    ));
+    let retention = tokio::spawn(retention.run(stopped));
 
     let (health_reporter, health) = evergreen_runtime::tonic_health::server::health_reporter();
     health_reporter
@@ -100,6 +109,9 @@ pub async fn run(
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "registry serving");
     let served = evergreen_runtime::serve(listener, routes, signal).await;
     let _ = stop_scheduler.send(true);
+    if let Err(e) = retention.await {
+        tracing::error!(error = %e, "the retention task panicked");
+    }
     if let Err(e) = scheduler.await {
         tracing::error!(error = %e, "the phase-out scheduler panicked");
     }
