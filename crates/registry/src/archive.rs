@@ -366,10 +366,12 @@ impl Archiver {
                     v.archive_uri
                 )))
             }
-            s => return Err(RegistryError::FailedPrecondition(format!(
+            s => {
+                return Err(RegistryError::FailedPrecondition(format!(
                 "{model}/{number} is {}: only a RETIRED version can be archived (retire it first)",
                 status_name(s)
-            ))),
+            )))
+            }
         }
         let _busy = self.guard(&model, number)?;
         let fail = |step: &str, e: S3Error| failed("archive", &model, number, step, e);
