@@ -46,6 +46,7 @@ type MonitorTweak = Box<dyn FnOnce(&mut evergreen_monitor::MonitorConfig)>;
 pub struct SandboxBuilder {
     tweak: Option<ConfigTweak>,
     trainer: bool,
+    trainer_tweak: Option<Box<dyn FnOnce(&mut TrainerConfig)>>,
     server: Option<ServerTweak>,
     monitor: Option<MonitorTweak>,
 }
@@ -60,6 +61,14 @@ impl SandboxBuilder {
     /// Also start a trainer that registers into this registry.
     pub fn trainer(mut self) -> Self {
         self.trainer = true;
+        self
+    }
+
+    /// A trainer with an adjusted config (data dir and registry URL are the
+    /// sandbox's).
+    pub fn trainer_with(mut self, f: impl FnOnce(&mut TrainerConfig) + 'static) -> Self {
+        self.trainer = true;
+        self.trainer_tweak = Some(Box::new(f));
         self
     }
 
@@ -107,9 +116,15 @@ impl SandboxBuilder {
             f(&mut config);
         }
         let data_dir = config.data_dir.clone();
-        let trainer_config = self.trainer.then(|| TrainerConfig {
-            data_dir: dir.path().join("trainer"),
-            ..Default::default()
+        let trainer_config = self.trainer.then(|| {
+            let mut c = TrainerConfig {
+                data_dir: dir.path().join("trainer"),
+                ..Default::default()
+            };
+            if let Some(f) = self.trainer_tweak {
+                f(&mut c);
+            }
+            c
         });
         let monitor_config = self.monitor.map(|f| {
             let mut c = evergreen_monitor::MonitorConfig {

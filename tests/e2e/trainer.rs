@@ -929,3 +929,301 @@ async fn retrain_without_data_fails_when_the_training_data_is_gone() {
         .jobs;
     assert_eq!(jobs.len(), 1, "no retrain job: {jobs:?}");
 }
+
+// ---- s3:// datasets, against a real S3 server (s3s-fs over HTTP) ----
+
+const S3_BUCKET: &str = "datasets";
+const S3_URI: &str = "s3://datasets/cancer/breast_cancer.csv";
+
+/// A running S3 server with `datasets/cancer/breast_cancer.csv` uploaded
+/// through the real client.
+async fn s3_with_breast_cancer(dir: &Path) -> evergreen_s3::testing::TestS3 {
+    let s3 = evergreen_s3::testing::TestS3::start(dir).await;
+    s3.create_bucket(S3_BUCKET);
+    evergreen_s3::S3Store::new(&s3.config(S3_BUCKET))
+        .await
+        .put_file("cancer/breast_cancer.csv", &dataset("breast_cancer.csv"))
+        .await
+        .unwrap();
+    s3
+}
+
+/// A trainer that reaches `s3` (the config's bucket is ignored: the URI
+/// names it).
+async fn s3_sandbox(s3: evergreen_s3::S3Config) -> Sandbox {
+    Sandbox::builder()
+        .trainer_with(move |c| {
+            c.s3 = evergreen_s3::S3Config {
+                bucket: "not-used".into(),
+                ..s3
+            }
+        })
+        .start()
+        .await
+}
+
+async fn lineage(sb: &Sandbox, spec: &str) -> evergreen_proto::v1::Lineage {
+    sb.registry()
+        .await
+        .get_version(GetVersionRequest {
+            r#ref: req::spec(spec),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lineage
+        .unwrap()
+}
+
+#[tokio::test]
+async fn trains_from_s3_recording_the_uri_and_the_same_artifact_as_from_the_local_file() {
+    let s3_dir = tempfile::tempdir().unwrap();
+    let s3 = s3_with_breast_cancer(s3_dir.path()).await;
+    let sb = s3_sandbox(s3.config("")).await;
+    let mut t = sb.trainer().await;
+    let mut r = bc_request("from-s3");
+    r.dataset_uri = S3_URI.into();
+    r.params.insert("n_trees".into(), "25".into());
+    let (stages, job) = train(&mut t, r.clone()).await.unwrap();
+    assert_eq!(
+        stages[0],
+        Stage::Loading,
+        "downloading is LOADING: {stages:?}"
+    );
+    assert_eq!((job.state, job.version), (JobState::Succeeded as i32, 1));
+
+    let local = std::fs::read(dataset("breast_cancer.csv")).unwrap();
+    let l = lineage(&sb, "from-s3/1").await;
+    assert_eq!(l.dataset_uri, S3_URI, "the lineage keeps the s3:// URI");
+    assert_eq!(l.dataset_sha256, hex::encode(Sha256::digest(&local)));
+    let copy = trainer_dir(&sb).join("s3/datasets/cancer/breast_cancer.csv");
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        local,
+        "downloaded to {copy:?}"
+    );
+
+    // The same request on the local file: the same model, byte for byte.
+    r.model = "from-file".into();
+    r.dataset_uri = dataset("breast_cancer.csv").display().to_string();
+    let (_, from_file) = train(&mut t, r).await.unwrap();
+    assert_eq!(from_file.artifact_sha256, job.artifact_sha256);
+}
+
+#[tokio::test]
+async fn retrain_of_an_s3_trained_version_downloads_its_data_again() {
+    let s3_dir = tempfile::tempdir().unwrap();
+    let s3 = s3_with_breast_cancer(s3_dir.path()).await;
+    let sb = s3_sandbox(s3.config("")).await;
+    let mut t = sb.trainer().await;
+    train_small_tree(&mut t, "again", S3_URI.into()).await;
+    let copy = trainer_dir(&sb).join("s3/datasets/cancer/breast_cancer.csv");
+    std::fs::remove_file(&copy).unwrap();
+
+    // No dataset_uri: the version's lineage, s3:// — fetched again.
+    let job = t
+        .retrain(RetrainRequest {
+            model: "again".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(job.request.as_ref().unwrap().dataset_uri, S3_URI);
+    let done = wait_job(&mut t, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded as i32, "{}", done.error);
+    assert_eq!(done.version, 2);
+    let local = std::fs::read(dataset("breast_cancer.csv")).unwrap();
+    let l = lineage(&sb, "again/2").await;
+    assert_eq!(
+        (l.dataset_uri.as_str(), l.dataset_sha256),
+        (S3_URI, hex::encode(Sha256::digest(&local)))
+    );
+    assert!(copy.is_file(), "downloaded again");
+
+    // The object gone: retrain says so, as for a deleted file.
+    let object = s3.object_path(S3_BUCKET, "cancer/breast_cancer.csv");
+    let aside = s3_dir.path().join("aside.csv");
+    std::fs::rename(&object, &aside).unwrap();
+    let err = t
+        .retrain(RetrainRequest {
+            model: "again".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(
+        err.message(),
+        format!("the training data of again/2, {S3_URI}, no longer exists; pass dataset_uri")
+    );
+    std::fs::rename(&aside, &object).unwrap();
+
+    // Labeled rows are appended to the downloaded base.
+    std::fs::remove_file(&copy).unwrap();
+    let rows = bc_labeled_rows(&feature_names(&sb, "again/2").await, 20);
+    let job = t
+        .retrain(RetrainRequest {
+            model: "again".into(),
+            rows,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = wait_job(&mut t, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded as i32, "{}", done.error);
+    let l = lineage(&sb, "again/3").await;
+    assert!(
+        Path::new(&l.dataset_uri).starts_with(trainer_dir(&sb).join("retrain")),
+        "{}",
+        l.dataset_uri
+    );
+    let combined = std::fs::read(&l.dataset_uri).unwrap();
+    assert!(combined.starts_with(&local), "the base is the S3 object");
+    let lines = |b: &[u8]| b.iter().filter(|c| **c == b'\n').count();
+    assert_eq!(lines(&combined), lines(&local) + 20);
+}
+
+/// Trains `model` from `uri`; the error the call ends with.
+async fn s3_train_err(t: &mut TrainerClient<Channel>, model: &str, uri: &str) -> Status {
+    let mut r = bc_request(model);
+    r.dataset_uri = uri.into();
+    r.algorithm = "decision_tree".into();
+    train(t, r).await.map(|(_, j)| j).expect_err(uri)
+}
+
+async fn assert_trains(t: &mut TrainerClient<Channel>, model: &str, uri: String) {
+    let mut r = bc_request(model);
+    r.dataset_uri = uri;
+    r.algorithm = "decision_tree".into();
+    r.params.insert("max_depth".into(), "3".into());
+    let (_, job) = train(t, r).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded as i32);
+}
+
+#[tokio::test]
+async fn s3_failures_are_clear_statuses_and_the_trainer_keeps_serving() {
+    let s3_dir = tempfile::tempdir().unwrap();
+    let mut s3 = s3_with_breast_cancer(s3_dir.path()).await;
+    s3.create_bucket("empty");
+    std::fs::write(s3.object_path("empty", "nothing.csv"), "").unwrap();
+    std::fs::write(s3.object_path("empty", "labels.csv"), "a,b\n1,2\n3,4\n").unwrap();
+    let sb = s3_sandbox(s3.config("")).await;
+    let mut t = sb.trainer().await;
+    let local = dataset("breast_cancer.csv").display().to_string();
+
+    let cases = [
+        (
+            "s3://datasets/cancer/typo.csv",
+            Code::NotFound,
+            "dataset s3://datasets/cancer/typo.csv does not exist".to_string(),
+        ),
+        (
+            "s3://no-such-bucket/x.csv",
+            Code::FailedPrecondition,
+            format!(
+                "dataset s3://no-such-bucket/x.csv: S3 bucket \"no-such-bucket\" does not exist at {}",
+                s3.endpoint()
+            ),
+        ),
+        (
+            "s3://datasets/../trainer/jobs/db",
+            Code::InvalidArgument,
+            "has an empty, \".\" or \"..\" path component".into(),
+        ),
+        (
+            "s3://empty/nothing.csv",
+            Code::InvalidArgument,
+            "s3://empty/nothing.csv is empty".into(),
+        ),
+        (
+            // Found, downloaded, then refused by the job like a local file.
+            "s3://empty/labels.csv",
+            Code::InvalidArgument,
+            "target column \"target\" is not in s3://empty/labels.csv (columns: a, b)".into(),
+        ),
+    ];
+    for (uri, code, message) in cases {
+        let err = s3_train_err(&mut t, "bad", uri).await;
+        assert_eq!(err.code(), code, "{uri}: {err:?}");
+        assert!(
+            err.message().contains(&message),
+            "{uri}: {:?} should contain {message:?}",
+            err.message()
+        );
+    }
+    assert_trains(&mut t, "after-bad-uris", S3_URI.into()).await;
+
+    // The endpoint goes down: UNAVAILABLE; the trainer serves on, and
+    // reads S3 again once it is back.
+    let addr = s3.addr;
+    s3.stop().await;
+    let err = s3_train_err(&mut t, "bad", S3_URI).await;
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().starts_with(&format!(
+            "dataset {S3_URI}: S3 endpoint {} is unreachable",
+            s3.endpoint()
+        )),
+        "{}",
+        err.message()
+    );
+    assert_trains(&mut t, "while-s3-is-down", local).await;
+    let _s3 = evergreen_s3::testing::TestS3::restart_on(s3_dir.path(), addr).await;
+    assert_trains(&mut t, "s3-is-back", S3_URI.into()).await;
+
+    let models = sb
+        .registry()
+        .await
+        .list_models(ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    assert!(
+        models.iter().all(|m| m.name != "bad"),
+        "nothing registered for failures: {models:?}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_s3_credentials_are_permission_denied_and_the_trainer_keeps_serving() {
+    let s3_dir = tempfile::tempdir().unwrap();
+    let s3 = s3_with_breast_cancer(s3_dir.path()).await;
+    let sb = s3_sandbox(evergreen_s3::S3Config {
+        secret_access_key: "not-the-secret".into(),
+        ..s3.config("")
+    })
+    .await;
+    let mut t = sb.trainer().await;
+    let err = s3_train_err(&mut t, "denied", S3_URI).await;
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message()
+            .starts_with(&format!("dataset {S3_URI}: S3 refused the credentials")),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("secret_access_key"),
+        "{}",
+        err.message()
+    );
+    let jobs = t
+        .list_jobs(ListJobsRequest {
+            model: "denied".into(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert!(jobs.is_empty(), "the call failed, no job: {jobs:?}");
+    assert_trains(
+        &mut t,
+        "denied",
+        dataset("breast_cancer.csv").display().to_string(),
+    )
+    .await;
+}

@@ -102,7 +102,8 @@ enum Command {
     /// Retrain a model with its current version's recipe on new data.
     Retrain {
         name: String,
-        #[arg(long, value_name = "FILE")]
+        /// CSV file or s3://BUCKET/KEY, as for `train --data`.
+        #[arg(long, value_name = "FILE|S3_URI")]
         data: String,
         /// Whose recipe to reuse (default production; else the latest version).
         #[arg(long, default_value = "")]
@@ -196,9 +197,10 @@ enum Command {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// CSV file with a header row (a path on the trainer's machine; a local
-    /// file is sent as an absolute path).
-    #[arg(long, value_name = "FILE")]
+    /// CSV file with a header row: a path on the trainer's machine (a local
+    /// file is sent as an absolute path), or s3://BUCKET/KEY (the trainer
+    /// downloads it; see [trainer.s3]).
+    #[arg(long, value_name = "FILE|S3_URI")]
     data: String,
     /// Column to predict.
     #[arg(long, value_name = "COL")]

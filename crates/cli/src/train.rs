@@ -48,6 +48,7 @@ pub struct TrainOptions {
 
 /// An absolute path when the file exists here (the trainer's working
 /// directory is not ours); otherwise as typed, for the trainer to resolve.
+/// URIs (`s3://BUCKET/KEY`, `file://…`) pass through untouched.
 pub fn dataset_uri(data: &str) -> String {
     if data.contains("://") {
         return data.to_string();
@@ -418,5 +419,27 @@ impl TrainCtx {
         }
         t.print();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dataset_uri;
+
+    #[test]
+    fn uris_pass_through_and_local_files_become_absolute() {
+        for uri in [
+            "s3://bucket/dir/x.csv",
+            "s3://b/../odd key.csv",
+            "file:///d.csv",
+        ] {
+            assert_eq!(dataset_uri(uri), uri);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("d.csv");
+        std::fs::write(&file, "a,b\n").unwrap();
+        let abs = dataset_uri(file.to_str().unwrap());
+        assert!(std::path::Path::new(&abs).is_absolute(), "{abs}");
+        assert_eq!(dataset_uri("no/such.csv"), "no/such.csv");
     }
 }

@@ -17,6 +17,10 @@ pub struct TrainerConfig {
     /// Jobs that train at the same time; others wait QUEUED. Each job uses
     /// every core, so more than one mostly adds memory.
     pub max_concurrent_jobs: usize,
+    /// How to reach S3 for `s3://BUCKET/KEY` datasets (`[trainer.s3]`):
+    /// endpoint, region, path_style, keys. `bucket` and `prefix` are not
+    /// used: the URI names the bucket and the whole key.
+    pub s3: evergreen_s3::S3Config,
 }
 
 impl Default for TrainerConfig {
@@ -26,6 +30,7 @@ impl Default for TrainerConfig {
             data_dir: PathBuf::from(".evergreen/trainer"),
             registry_url: "http://127.0.0.1:7400".into(),
             max_concurrent_jobs: 1,
+            s3: evergreen_s3::S3Config::default(),
         }
     }
 }
@@ -49,6 +54,7 @@ impl TrainerConfig {
         if self.data_dir.as_os_str().is_empty() {
             anyhow::bail!("invalid trainer.data_dir: expected a directory path");
         }
+        self.s3.validate("trainer.s3").map_err(anyhow::Error::msg)?;
         Ok(())
     }
 }
@@ -60,5 +66,54 @@ impl evergreen_runtime::DaemonConfig for TrainerConfig {
 
     fn validate(&self) -> anyhow::Result<()> {
         TrainerConfig::validate(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use evergreen_runtime::ConfigSources;
+
+    fn load(env: &[(&str, &str)]) -> anyhow::Result<TrainerConfig> {
+        let sources = ConfigSources {
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let c: TrainerConfig = evergreen_runtime::config::load_config("trainer", &sources)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn the_s3_table_is_set_from_the_environment_and_validated() {
+        let c = load(&[
+            ("EVERGREEN_TRAINER__S3__ENDPOINT", "http://minio:9000"),
+            ("EVERGREEN_TRAINER__S3__PATH_STYLE", "true"),
+            ("EVERGREEN_TRAINER__S3__ACCESS_KEY_ID", "k"),
+            ("EVERGREEN_TRAINER__S3__SECRET_ACCESS_KEY", "s"),
+        ])
+        .unwrap();
+        assert_eq!(c.s3.endpoint, "http://minio:9000");
+        assert!(c.s3.path_style);
+        assert_eq!(
+            (c.s3.access_key_id.as_str(), c.s3.region.as_str()),
+            ("k", "us-east-1")
+        );
+        let e = load(&[("EVERGREEN_TRAINER__S3__ENDPOINT", "minio:9000")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("invalid trainer.s3.endpoint = \"minio:9000\""),
+            "{e}"
+        );
+        let e = load(&[("EVERGREEN_TRAINER__S3__ACCESS_KEY_ID", "k")]).unwrap_err();
+        assert!(
+            e.to_string().contains("trainer.s3.secret_access_key"),
+            "{e}"
+        );
+        let e = load(&[("EVERGREEN_TRAINER__S3__ENDPOINTS", "x")]).unwrap_err();
+        assert!(e.to_string().contains("trainer.s3"), "{e}");
     }
 }

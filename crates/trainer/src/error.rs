@@ -17,6 +17,12 @@ pub enum TrainError {
     FailedPrecondition(String),
     #[error("cancelled: {0}")]
     Cancelled(String),
+    /// An `s3://` dataset could not be read.
+    #[error("dataset {uri}: {error}")]
+    S3 {
+        uri: String,
+        error: evergreen_s3::S3Error,
+    },
     /// The registry refused or failed a call.
     #[error("registry: {message}")]
     Registry { code: tonic::Code, message: String },
@@ -27,6 +33,16 @@ pub enum TrainError {
 impl TrainError {
     pub fn data(path: &Path, msg: impl std::fmt::Display) -> Self {
         TrainError::Data(format!("{} {msg}", path.display()))
+    }
+
+    /// The same error with `from` (a file name) written as `to` in the
+    /// message of a data error.
+    pub fn replace_name(self, from: &str, to: &str) -> Self {
+        match self {
+            TrainError::Data(m) => TrainError::Data(m.replace(from, to)),
+            TrainError::InvalidArgument(m) => TrainError::InvalidArgument(m.replace(from, to)),
+            other => other,
+        }
     }
 
     pub fn from_status(s: tonic::Status) -> Self {
@@ -44,6 +60,25 @@ impl TrainError {
             TrainError::NotFound(_) => Code::NotFound,
             TrainError::FailedPrecondition(_) => Code::FailedPrecondition,
             TrainError::Cancelled(_) => Code::Cancelled,
+            TrainError::S3 { error, .. } => {
+                use evergreen_s3::S3Error;
+                match error {
+                    S3Error::NotFound { .. } => Code::NotFound,
+                    // Fixed by creating the bucket or naming another one.
+                    S3Error::NoSuchBucket { .. } => Code::FailedPrecondition,
+                    // S3 answered 403: the trainer's identity may not read
+                    // this object (bad keys, or no grant on the bucket).
+                    S3Error::Credentials { .. } => Code::PermissionDenied,
+                    S3Error::Unreachable { .. } => Code::Unavailable,
+                    // S3 refused for a reason we do not classify (an
+                    // archived object, ...): retrying as is will not help.
+                    S3Error::Other { .. } => Code::FailedPrecondition,
+                    // The object fails the checksum S3 stored at upload.
+                    S3Error::Corrupt { .. } => Code::DataLoss,
+                    // The trainer's own disk.
+                    S3Error::Local { .. } => Code::Internal,
+                }
+            }
             TrainError::Registry { code, .. } => match code {
                 // Our request was wrong: the caller's fault only for these.
                 Code::InvalidArgument

@@ -281,6 +281,7 @@ impl TrainerApi for TrainerGrpc {
         let job = self
             .jobs
             .submit(raw_from(req.into_inner()), &actor)
+            .await
             .map_err(to_status)?;
         self.follow(&job.id, true).map(Response::new)
     }
@@ -290,6 +291,7 @@ impl TrainerApi for TrainerGrpc {
         let job = self
             .jobs
             .submit(raw_from(req.into_inner()), &actor)
+            .await
             .map_err(to_status)?;
         Ok(Response::new(job_to_proto(&job)))
     }

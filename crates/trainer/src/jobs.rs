@@ -20,7 +20,7 @@ use crate::data::{self, Selection};
 use crate::error::TrainError;
 use crate::labeled::{self, LabeledRow};
 use crate::registry::{NewVersion, Registry};
-use crate::spec::{self, Gate, RawRequest, Recipe, TrainSpec};
+use crate::spec::{self, Gate, RawRequest, Recipe, S3Object, Source, TrainSpec};
 use crate::train::{self, Champion, GateOutcome, Inputs, Progress, Stage, PRODUCER};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,8 +76,13 @@ pub struct Jobs {
     live: Mutex<HashMap<String, Live>>,
     permits: Arc<Semaphore>,
     registry: Registry,
-    /// The trainer's data dir (absolute); retrain data goes to `retrain/`.
+    /// The trainer's data dir (absolute); retrain data goes to `retrain/`,
+    /// `s3://` datasets are downloaded to `s3/<bucket>/<key>`.
     dir: PathBuf,
+    /// How to reach S3 (its bucket and prefix are not used).
+    s3: evergreen_s3::S3Config,
+    /// One client per bucket, made on first use.
+    s3_clients: Mutex<HashMap<String, evergreen_s3::S3Store>>,
 }
 
 /// What `Retrain` asks for.
@@ -105,6 +110,7 @@ impl Jobs {
         dir: &Path,
         registry: Registry,
         max_concurrent: usize,
+        s3: evergreen_s3::S3Config,
     ) -> anyhow::Result<Arc<Jobs>> {
         std::fs::create_dir_all(dir)?;
         let db = sled::Config::new().path(dir.join("jobs")).open()?;
@@ -129,6 +135,8 @@ impl Jobs {
             live: Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
             registry,
+            s3,
+            s3_clients: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -214,10 +222,93 @@ impl Jobs {
     }
 
     /// Validates a request, records the job and starts it.
-    pub fn submit(self: &Arc<Self>, raw: RawRequest, actor: &str) -> Result<JobRecord, TrainError> {
+    pub async fn submit(
+        self: &Arc<Self>,
+        raw: RawRequest,
+        actor: &str,
+    ) -> Result<JobRecord, TrainError> {
         let spec = raw.clone().validate()?;
         let recipe_json = serde_json::to_string(&spec.recipe).expect("recipes serialize");
-        self.start(spec, raw, recipe_json, actor)
+        self.start(spec, raw, recipe_json, actor).await
+    }
+
+    /// The S3 client for `bucket`.
+    async fn s3_store(&self, bucket: &str) -> evergreen_s3::S3Store {
+        if let Some(s) = self.s3_clients.lock().unwrap().get(bucket) {
+            return s.clone();
+        }
+        let config = evergreen_s3::S3Config {
+            bucket: bucket.to_string(),
+            prefix: String::new(),
+            ..self.s3.clone()
+        };
+        let store = evergreen_s3::S3Store::new(&config).await;
+        self.s3_clients
+            .lock()
+            .unwrap()
+            .entry(bucket.to_string())
+            .or_insert(store)
+            .clone()
+    }
+
+    /// The object's size; a missing object is NOT_FOUND naming it, a
+    /// missing bucket, refused credentials or an unreachable endpoint
+    /// are `TrainError::S3`.
+    async fn s3_size(&self, o: &S3Object) -> Result<u64, TrainError> {
+        let uri = o.uri();
+        let failed = |error| TrainError::S3 {
+            uri: uri.clone(),
+            error,
+        };
+        let store = self.s3_store(&o.bucket).await;
+        match store.size(&o.key).await.map_err(failed)? {
+            Some(size) => Ok(size),
+            None => {
+                // HEAD of an object in a missing bucket is a bare 404 too.
+                store.check().await.map_err(failed)?;
+                Err(TrainError::NotFound(format!(
+                    "dataset {uri} does not exist"
+                )))
+            }
+        }
+    }
+
+    /// Downloads `o` to `<data_dir>/s3/<bucket>/<key>` (through a temporary
+    /// file, so that a concurrent download of the same object never leaves
+    /// a torn file) and returns that path.
+    async fn s3_fetch(&self, o: &S3Object) -> Result<PathBuf, TrainError> {
+        let uri = o.uri();
+        let path = o.local_path(&self.dir);
+        let parent = path.parent().expect("under the data dir");
+        let local = |e: std::io::Error| TrainError::S3 {
+            uri: uri.clone(),
+            error: evergreen_s3::S3Error::Local {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            },
+        };
+        std::fs::create_dir_all(parent).map_err(local)?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".download-")
+            .tempfile_in(parent)
+            .map_err(local)?
+            .into_temp_path();
+        let store = self.s3_store(&o.bucket).await;
+        let got = store
+            .get_file(&o.key, &tmp)
+            .await
+            .map_err(|error| match error {
+                evergreen_s3::S3Error::NotFound { .. } => {
+                    TrainError::NotFound(format!("dataset {uri} does not exist"))
+                }
+                error => TrainError::S3 {
+                    uri: uri.clone(),
+                    error,
+                },
+            })?;
+        tmp.persist(&path).map_err(|e| local(e.error))?;
+        tracing::info!(%uri, path = %path.display(), bytes = got.size, sha256 = %got.sha256, "downloaded dataset");
+        Ok(path)
     }
 
     /// Retrains `model` with the recipe of the version behind `alias`
@@ -269,7 +360,8 @@ impl Jobs {
                 Some(v) => v,
                 None => self.registry.version(model, version).await?,
             };
-            own_training_data(&at, record.lineage.unwrap_or_default())?
+            self.own_training_data(&at, record.lineage.unwrap_or_default())
+                .await?
         } else {
             r.dataset_uri.clone()
         };
@@ -290,11 +382,15 @@ impl Jobs {
             ..recipe.to_raw()
         };
         if r.rows.is_empty() {
-            return self.submit(raw, actor);
+            return self.submit(raw, actor).await;
         }
         // The request must be good before anything is written.
-        raw.clone().validate()?;
-        let base = spec::dataset_path(&base_uri)?;
+        let base = match raw.clone().validate()?.dataset {
+            Source::Local(p) => p,
+            // The rows are checked against the header and appended to the
+            // data: fetch it now.
+            Source::S3(o) => self.s3_fetch(&o).await?,
+        };
         let header = data::read_header(&base)?;
         let schema = current.schema.clone();
         let dir = self.dir.join("retrain");
@@ -306,14 +402,14 @@ impl Jobs {
         .await
         .map_err(|e| TrainError::Internal(format!("writing retrain data failed: {e}")))??;
         raw.dataset_uri = path.display().to_string();
-        let job = self.submit(raw, actor);
+        let job = self.submit(raw, actor).await;
         if job.is_err() && fresh {
             let _ = std::fs::remove_file(&path);
         }
         job
     }
 
-    fn start(
+    async fn start(
         self: &Arc<Self>,
         spec: TrainSpec,
         raw: RawRequest,
@@ -321,8 +417,22 @@ impl Jobs {
         actor: &str,
     ) -> Result<JobRecord, TrainError> {
         // Cheap checks now, so a typo fails the call rather than the job.
-        let header = data::read_header(&spec.dataset)?;
-        data::resolve(&spec.dataset, &header, &selection(&spec.recipe))?;
+        // An S3 object is only looked at (its columns are checked once the
+        // job has downloaded it).
+        match &spec.dataset {
+            Source::Local(path) => {
+                let header = data::read_header(path)?;
+                data::resolve(path, &header, &selection(&spec.recipe))?;
+            }
+            Source::S3(o) => {
+                if self.s3_size(o).await? == 0 {
+                    return Err(TrainError::Data(format!(
+                        "{} is empty; expected a header row and data rows",
+                        o.uri()
+                    )));
+                }
+            }
+        }
         let id = format!(
             "job-{:06}",
             self.db
@@ -410,17 +520,36 @@ impl Jobs {
             _ = wait_flag(&cancel) => return Err(TrainError::Cancelled("while queued".into())),
         };
         let started = Instant::now();
+        let loading = match &spec.dataset {
+            Source::Local(p) => format!("reading {}", p.display()),
+            Source::S3(o) => format!("downloading {}", o.uri()),
+        };
         tx.send_modify(|j| {
             j.state = JobState::Running;
             j.started = Some(started);
-            j.progress = Progress::stage(
-                Stage::Loading,
-                1.0,
-                format!("reading {}", spec.dataset.display()),
-            );
+            j.progress = Progress::stage(Stage::Loading, 1.0, loading);
         });
         self.save(&tx.borrow());
         let actor = tx.borrow().actor.clone();
+        let path = match &spec.dataset {
+            Source::Local(p) => p.clone(),
+            Source::S3(o) => {
+                let path = tokio::select! {
+                    p = self.s3_fetch(o) => p?,
+                    _ = wait_flag(&cancel) => {
+                        return Err(TrainError::Cancelled("while downloading the dataset".into()))
+                    }
+                };
+                tx.send_modify(|j| {
+                    j.progress = Progress::stage(
+                        Stage::Loading,
+                        2.0,
+                        format!("reading {} (downloaded to {})", o.uri(), path.display()),
+                    )
+                });
+                path
+            }
+        };
 
         // The champion, when the request has a gate.
         let champion = match &spec.gate {
@@ -439,7 +568,13 @@ impl Jobs {
         let cancel2 = cancel.clone();
         let outcome = tokio::task::spawn_blocking(
             move || -> Result<(train::Outcome, std::time::Duration), TrainError> {
-                let data = data::load(&spec2.dataset, &selection(&spec2.recipe))?;
+                let data = data::load(&path, &selection(&spec2.recipe)).map_err(|e| {
+                    match &spec2.dataset {
+                        // Name the object, not where it was downloaded to.
+                        Source::S3(o) => e.replace_name(&path.display().to_string(), &o.uri()),
+                        Source::Local(_) => e,
+                    }
+                })?;
                 let progress = |p: Progress| {
                     tx2.send_modify(|j| j.progress = p);
                 };
@@ -563,24 +698,35 @@ impl Jobs {
     }
 }
 
-/// The dataset `at` (model/version) was trained on, from its lineage, if
-/// it is still there.
-fn own_training_data(at: &str, lineage: pb::Lineage) -> Result<String, TrainError> {
-    let uri = lineage.dataset_uri;
-    if uri.is_empty() {
-        return Err(TrainError::FailedPrecondition(format!(
-            "{at} records no training data (its lineage has no dataset_uri); pass dataset_uri"
-        )));
-    }
-    let gone = |why: &str| {
-        TrainError::FailedPrecondition(format!(
-            "the training data of {at}, {uri}, {why}; pass dataset_uri"
-        ))
-    };
-    match spec::dataset_path(&uri) {
-        Ok(p) if p.is_file() => Ok(uri.clone()),
-        Ok(_) => Err(gone("no longer exists")),
-        Err(_) => Err(gone("is not a local file")),
+impl Jobs {
+    /// The dataset `at` (model/version) was trained on, from its lineage,
+    /// if it is still there.
+    async fn own_training_data(
+        &self,
+        at: &str,
+        lineage: pb::Lineage,
+    ) -> Result<String, TrainError> {
+        let uri = lineage.dataset_uri;
+        if uri.is_empty() {
+            return Err(TrainError::FailedPrecondition(format!(
+                "{at} records no training data (its lineage has no dataset_uri); pass dataset_uri"
+            )));
+        }
+        let gone = |why: &str| {
+            TrainError::FailedPrecondition(format!(
+                "the training data of {at}, {uri}, {why}; pass dataset_uri"
+            ))
+        };
+        match spec::dataset_source(&uri) {
+            Ok(Source::Local(p)) if p.is_file() => Ok(uri.clone()),
+            Ok(Source::Local(_)) => Err(gone("no longer exists")),
+            Ok(Source::S3(o)) => match self.s3_size(&o).await {
+                Ok(_) => Ok(uri.clone()),
+                Err(TrainError::NotFound(_)) => Err(gone("no longer exists")),
+                Err(e) => Err(e),
+            },
+            Err(_) => Err(gone("is not a local file or an s3:// object")),
+        }
     }
 }
 
@@ -611,7 +757,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::connect_lazy("http://127.0.0.1:1").unwrap();
         {
-            let jobs = Jobs::open(dir.path(), registry.clone(), 1).unwrap();
+            let jobs = Jobs::open(dir.path(), registry.clone(), 1, Default::default()).unwrap();
             let job = JobRecord {
                 id: "job-000007".into(),
                 state: JobState::Running,
@@ -632,7 +778,7 @@ mod tests {
             };
             jobs.save(&job);
         }
-        let jobs = Jobs::open(dir.path(), registry, 1).unwrap();
+        let jobs = Jobs::open(dir.path(), registry, 1, Default::default()).unwrap();
         let j = jobs.get("job-000007").unwrap();
         assert_eq!(j.state, JobState::Failed);
         assert!(

@@ -36,7 +36,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let registry = registry::Registry::connect_lazy(&config.registry_url)?;
-    let jobs = jobs::Jobs::open(&config.data_dir, registry, config.max_concurrent_jobs)?;
+    let jobs = jobs::Jobs::open(
+        &config.data_dir,
+        registry,
+        config.max_concurrent_jobs,
+        config.s3.clone(),
+    )?;
     let (health_reporter, health) = evergreen_runtime::tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<TrainerServer<TrainerGrpc>>()

@@ -2,7 +2,7 @@
 //! it that is the model's recipe (stored in the artifact for `Retrain`).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use evergreen_model::metrics::{higher_is_better, CLASSIFICATION_METRICS, REGRESSION_METRICS};
 use evergreen_model::pipeline::Impute;
@@ -206,7 +206,7 @@ pub struct TrainSpec {
     pub model: String,
     /// As given (recorded as lineage).
     pub dataset_uri: String,
-    pub dataset: PathBuf,
+    pub dataset: Source,
     pub recipe: Recipe,
     pub gate: Option<Gate>,
     pub reason: String,
@@ -243,21 +243,74 @@ pub struct RawRequest {
 /// Largest search space accepted (candidates before random sampling).
 pub const MAX_CANDIDATES: usize = 10_000;
 
-pub fn dataset_path(uri: &str) -> Result<PathBuf, TrainError> {
+/// Where a dataset comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A CSV file on the trainer's machine.
+    Local(PathBuf),
+    /// An S3 object, downloaded under the data dir before training.
+    S3(S3Object),
+}
+
+/// `s3://bucket/key`, checked to be safe as a path under the data dir.
+#[derive(Debug, Clone, PartialEq)]
+pub struct S3Object {
+    pub bucket: String,
+    pub key: String,
+}
+
+impl S3Object {
+    pub fn uri(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.key)
+    }
+
+    /// Where the object is downloaded to: `<dir>/s3/<bucket>/<key>`.
+    pub fn local_path(&self, dir: &Path) -> PathBuf {
+        let mut p = dir.join("s3").join(&self.bucket);
+        p.extend(self.key.split('/'));
+        p
+    }
+}
+
+/// Parses `dataset_uri`: a local path, `file://PATH` or `s3://BUCKET/KEY`.
+pub fn dataset_source(uri: &str) -> Result<Source, TrainError> {
     if uri.is_empty() {
         return Err(TrainError::InvalidArgument(
-            "dataset_uri is empty: expected the path of a CSV file".into(),
+            "dataset_uri is empty: expected the path of a CSV file or s3://BUCKET/KEY".into(),
         ));
     }
+    if uri.starts_with("s3://") {
+        let bad = |why: String| TrainError::InvalidArgument(format!("dataset_uri {uri:?}: {why}"));
+        let (bucket, key) = evergreen_s3::parse_uri(uri)
+            .map_err(|e| TrainError::InvalidArgument(format!("dataset_uri {e}")))?;
+        let bucket_ok = bucket
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+            && bucket.starts_with(|c: char| c.is_ascii_alphanumeric());
+        if !bucket_ok {
+            return Err(bad(format!(
+                "bucket {bucket:?} is not a bucket name: expected letters, digits, '.', '-' or '_', starting with a letter or digit"
+            )));
+        }
+        // The key becomes a path under the data dir: no way out of it.
+        for part in key.split('/') {
+            if part.is_empty() || part == "." || part == ".." {
+                return Err(bad(format!(
+                    "key {key:?} has an empty, \".\" or \"..\" path component; expected s3://BUCKET/DIR/FILE.csv (the object is downloaded under the trainer's data dir)"
+                )));
+            }
+        }
+        return Ok(Source::S3(S3Object { bucket, key }));
+    }
     if let Some(p) = uri.strip_prefix("file://") {
-        return Ok(PathBuf::from(p));
+        return Ok(Source::Local(PathBuf::from(p)));
     }
     if let Some((scheme, _)) = uri.split_once("://") {
         return Err(TrainError::InvalidArgument(format!(
-            "dataset_uri {uri:?}: scheme {scheme}:// is not supported; expected a local path or file://"
+            "dataset_uri {uri:?}: scheme {scheme}:// is not supported; expected a local path, file:// or s3://"
         )));
     }
-    Ok(PathBuf::from(uri))
+    Ok(Source::Local(PathBuf::from(uri)))
 }
 
 fn check_metric(what: &str, metric: &str, classifier: bool) -> Result<(), TrainError> {
@@ -280,7 +333,7 @@ impl RawRequest {
     pub fn validate(self) -> Result<TrainSpec, TrainError> {
         evergreen_proto::names::check_name("model name", &self.model)
             .map_err(TrainError::InvalidArgument)?;
-        let dataset = dataset_path(&self.dataset_uri)?;
+        let dataset = dataset_source(&self.dataset_uri)?;
         if self.target.is_empty() {
             return Err(TrainError::InvalidArgument(
                 "target is empty: expected the name of the column to predict".into(),
@@ -608,8 +661,8 @@ mod tests {
         r.model = "../x".into();
         assert!(err(r).contains("invalid model name"));
         let mut r = raw();
-        r.dataset_uri = "s3://bucket/x.csv".into();
-        assert!(err(r).contains("scheme s3:// is not supported"));
+        r.dataset_uri = "gs://bucket/x.csv".into();
+        assert!(err(r).contains("scheme gs:// is not supported"));
         let mut r = raw();
         r.test_fraction = 1.5;
         assert!(err(r).contains("test_fraction 1.5"));
@@ -619,5 +672,42 @@ mod tests {
         let mut r = raw();
         r.gate = Some(("production".into(), "rmse".into(), 0.0));
         assert!(err(r).contains("gate metric \"rmse\""));
+    }
+
+    #[test]
+    fn s3_datasets_map_to_a_path_under_the_data_dir_and_cannot_leave_it() {
+        let o = match dataset_source("s3://data-1/dir/x.csv").unwrap() {
+            Source::S3(o) => o,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((o.bucket.as_str(), o.key.as_str()), ("data-1", "dir/x.csv"));
+        assert_eq!(o.uri(), "s3://data-1/dir/x.csv");
+        assert_eq!(
+            o.local_path(Path::new("/var/t")),
+            Path::new("/var/t/s3/data-1/dir/x.csv")
+        );
+        for bad in [
+            "s3://b/../x.csv",
+            "s3://b/a/../../x.csv",
+            "s3://b//etc/passwd",
+            "s3://b/./x.csv",
+            "s3://b/dir/",
+        ] {
+            let e = dataset_source(bad).unwrap_err();
+            assert!(
+                matches!(&e, TrainError::InvalidArgument(m) if m.contains("path component")),
+                "{bad}: {e}"
+            );
+        }
+        for bad in ["s3://../x.csv", "s3://.b/x.csv", "s3://b%2F/x"] {
+            let e = dataset_source(bad).unwrap_err().to_string();
+            assert!(e.contains("is not a bucket name"), "{bad}: {e}");
+        }
+        let e = dataset_source("s3://bucket").unwrap_err().to_string();
+        assert!(e.contains("names no object"), "{e}");
+        assert_eq!(
+            dataset_source("file:///d.csv").unwrap(),
+            Source::Local("/d.csv".into())
+        );
     }
 }
