@@ -3,8 +3,10 @@
 # (embedded defaults: sled + local artifacts in a temp dir, no external
 # service) and walks a model through its lifecycle, narrating each step —
 # up to the closed loop: drifted traffic with labels makes the monitor
-# retrain, and the gate promotes the new version. Exits 0 when every step
-# did what it should, non-zero with a "demo: ..." line when one did not.
+# retrain, and the gate promotes the new version; and at the end of a
+# version's life: retire, archive (to the registry's local archive dir) and
+# restore, byte for byte. Exits 0 when every step did what it should,
+# non-zero with a "demo: ..." line when one did not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -260,5 +262,34 @@ step "The Watch stream a prediction server follows (one JSON object per event)"
 sleep 0.3
 cat "$DIR/watch.jsonl"
 [ "$(wc -l <"$DIR/watch.jsonl")" -ge 6 ] || { echo "demo: the watcher missed events"; exit 1; }
+
+# ------------------------------------------------------ retire and archive ---
+step "Retire and archive version 1: deprecated above, replaced by 4, and no alias or weight points at it now"
+eg versions download cancer/1 --output "$DIR/v1-before.evgmodel"
+eg retire cancer 1 --reason "superseded by version 4 before its sunset"
+eg archive cancer 1 --include-data --reason "kept for audits"
+# The demo's registry archives to its local archive dir (<data_dir>/archive;
+# [registry.archive.s3] with a bucket would send it to S3 instead).
+ARCHIVE="$DIR/registry/archive/cancer/1"
+[ -f "$ARCHIVE/manifest.json" ] && [ -f "$ARCHIVE/artifact.evgm" ] || fail "the archive is not in $ARCHIVE"
+echo "manifest: $ARCHIVE/manifest.json"
+echo "its artifact checksum line and the archived file's sha256:"
+grep -m1 '"sha256": "' "$ARCHIVE/manifest.json"
+(cd "$ARCHIVE" && sha256sum artifact.evgm)
+echo "(an ARCHIVED version's artifact is no longer in the registry:)"
+if eg versions download cancer/1 --output "$DIR/v1-gone.evgmodel"; then
+  fail "an ARCHIVED version should not be downloadable"
+fi
+
+step "Restore version 1 from the archive: verified against the manifest, back as RETIRED"
+eg restore cancer 1 --reason "an audit asks for it"
+eg versions download cancer/1 --output "$DIR/v1-after.evgmodel"
+BEFORE=$(sha256sum <"$DIR/v1-before.evgmodel" | cut -d' ' -f1)
+AFTER=$(sha256sum <"$DIR/v1-after.evgmodel" | cut -d' ' -f1)
+echo "sha256 before archive: $BEFORE"
+echo "sha256 after restore:  $AFTER"
+[ "$BEFORE" = "$AFTER" ] || fail "the restored artifact differs from the archived one"
+echo "the bytes match"
+eg history cancer --limit 3
 
 printf '\n==> done: every step succeeded\n'

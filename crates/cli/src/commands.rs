@@ -10,12 +10,12 @@ use anyhow::{anyhow, Context};
 use evergreen_proto::metadata;
 use evergreen_proto::v1::registry_client::RegistryClient;
 use evergreen_proto::v1::{
-    register_version_request::Part, version_ref::Selector, watch_response::Kind,
+    register_version_request::Part, version_ref::Selector, watch_response::Kind, ArchiveRequest,
     CreateModelRequest, DeleteAliasRequest, DeleteModelRequest, DeleteVersionRequest,
-    DownloadArtifactRequest, GetModelRequest, GetVersionRequest, HistoryRequest, ListModelsRequest,
-    ListVersionsRequest, ModelVersion, RegisterVersionRequest, SetAliasRequest,
-    SetVersionStatusRequest, UpdateModelRequest, VersionHeader, VersionRef, VersionStatus,
-    WatchRequest,
+    DownloadArtifactRequest, EventKind, GetModelRequest, GetVersionRequest, HistoryRequest,
+    ListModelsRequest, ListVersionsRequest, ModelVersion, RegisterVersionRequest, RestoreRequest,
+    SetAliasRequest, SetVersionStatusRequest, UpdateModelRequest, VersionHeader, VersionRef,
+    VersionStatus, WatchRequest,
 };
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -56,10 +56,18 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// A reference as typed (`name@alias`, `name/3`): the registry parses it.
-fn version_ref(reference: String) -> Option<VersionRef> {
+pub fn version_ref(reference: String) -> Option<VersionRef> {
     Some(VersionRef {
         model: reference,
         selector: None,
+    })
+}
+
+/// `NAME VERSION` as the lifecycle commands take it.
+pub fn numbered(model: String, version: u64) -> Option<VersionRef> {
+    Some(VersionRef {
+        model,
+        selector: Some(Selector::Version(version)),
     })
 }
 
@@ -401,14 +409,14 @@ impl Ctx {
 
     pub async fn set_status(
         &mut self,
-        reference: String,
+        reference: Option<VersionRef>,
         status: VersionStatus,
         reason: String,
         sunset_at: Option<evergreen_proto::Timestamp>,
         replacement_version: u64,
     ) -> anyhow::Result<()> {
         let req = self.req(SetVersionStatusRequest {
-            r#ref: version_ref(reference),
+            r#ref: reference,
             status: status as i32,
             reason,
             sunset_at,
@@ -422,18 +430,129 @@ impl Ctx {
     pub async fn delete_version(
         &mut self,
         reference: String,
+        force: bool,
         reason: String,
     ) -> anyhow::Result<()> {
         let req = self.req(DeleteVersionRequest {
             r#ref: version_ref(reference.clone()),
             reason,
-            ..Default::default()
+            force,
         });
         let revision = self.client.delete_version(req).await?.into_inner().revision;
 
         self.show(
             || json!({ "ref": reference, "revision": revision }),
             || emit(format!("deleted version {reference} (revision {revision})")),
+        );
+        Ok(())
+    }
+
+    /// Archives a RETIRED version and prints where it went, and whether
+    /// the training data went with it.
+    pub async fn archive(
+        &mut self,
+        model: String,
+        version: u64,
+        include_data: bool,
+        reason: String,
+    ) -> anyhow::Result<()> {
+        if !self.json {
+            eprintln!(
+                "archiving {model}/{version}{}: the registry uploads, reads back and verifies it \
+                 before marking it ARCHIVED (big artifacts may take a while)",
+                if include_data {
+                    " with its training data"
+                } else {
+                    ""
+                }
+            );
+        }
+        let req = self.req(ArchiveRequest {
+            r#ref: numbered(model.clone(), version),
+            reason,
+            include_data,
+        });
+        let v = self.client.archive(req).await?.into_inner();
+        // What went with it is in the VERSION_ARCHIVED event (best effort).
+        let data = self.archived_data(&model, version).await;
+        let manifest = format!("{}manifest.json", v.archive_uri);
+        if self.json {
+            let mut j = output::version_json(&v);
+            j["manifest_uri"] = Value::from(manifest);
+            j["data"] = data.unwrap_or(Value::Null);
+            emit_json(&j);
+            return Ok(());
+        }
+        let artifact = v.artifact.clone().unwrap_or_default();
+        emit(format!("archived {model}/{version} to {}", v.archive_uri));
+        let data = match data {
+            Some(d) if d["included"] == true => d["uri"].as_str().unwrap_or_default().to_string(),
+            Some(d) if include_data => format!(
+                "not included: {}",
+                d["reason"].as_str().unwrap_or("unknown reason")
+            ),
+            _ => "not included (add --include-data)".to_string(),
+        };
+        output::print_fields(&[
+            (
+                "artifact",
+                format!(
+                    "sha256 {}, {} (verified; the local copy is freed unless another version shares it)",
+                    artifact.sha256,
+                    output::human_size(artifact.size_bytes)
+                ),
+            ),
+            ("manifest", manifest),
+            ("training data", data),
+            ("status", output::status_name(v.status)),
+            ("restore with", format!("evergreen restore {model} {version}")),
+        ]);
+        Ok(())
+    }
+
+    /// The `data` part of the newest VERSION_ARCHIVED event of `model/version`.
+    async fn archived_data(&mut self, model: &str, version: u64) -> Option<Value> {
+        let req = self.req(HistoryRequest {
+            model: model.to_string(),
+            limit: 50,
+        });
+        let entries = self.client.history(req).await.ok()?.into_inner().entries;
+        let e = entries
+            .iter()
+            .rev()
+            .find(|e| e.version == version && e.kind == EventKind::VersionArchived as i32)?;
+        let after: Value = serde_json::from_str(&e.after).ok()?;
+        Some(after["data"].clone())
+    }
+
+    pub async fn restore(
+        &mut self,
+        model: String,
+        version: u64,
+        activate: bool,
+        reason: String,
+    ) -> anyhow::Result<()> {
+        if !self.json {
+            eprintln!(
+                "restoring {model}/{version}: the registry downloads and verifies it (big artifacts may take a while)"
+            );
+        }
+        let req = self.req(RestoreRequest {
+            r#ref: numbered(model.clone(), version),
+            reason,
+            activate,
+        });
+        let v = self.client.restore(req).await?.into_inner();
+        self.show(
+            || output::version_json(&v),
+            || {
+                emit(format!(
+                    "restored {model}/{version} from {} (sha256 verified): {}",
+                    v.archive_uri,
+                    output::status_name(v.status)
+                ));
+                output::print_version(&v);
+            },
         );
         Ok(())
     }

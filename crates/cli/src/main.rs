@@ -184,6 +184,68 @@ enum Command {
     /// (the registry runs the schedule, asking the monitor before each
     /// step), then deprecate the old one; or show, pause, resume, abort it.
     Phaseout(phaseout::PhaseoutArgs),
+    /// Deprecate a version: still served, with a notice for its callers.
+    ///
+    /// Every response to the version carries the notice, the sunset time
+    /// and the replacement. Same as `versions status REF deprecated`.
+    Deprecate {
+        name: String,
+        version: u64,
+        /// What callers see, e.g. "moving to version 4 on 2027-01-01".
+        #[arg(long, value_name = "TEXT")]
+        notice: String,
+        /// When it stops being served (RFC 3339 or YYYY-MM-DD).
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        sunset: Option<evergreen_proto::Timestamp>,
+        /// The version callers should move to.
+        #[arg(long, value_name = "V")]
+        replacement: Option<u64>,
+    },
+    /// Retire a version: the server stops serving it.
+    ///
+    /// Refused while an alias or the traffic policy still points at it
+    /// (move them first). Then `evergreen archive` can archive it.
+    Retire {
+        name: String,
+        version: u64,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Archive a RETIRED version and print the archive URI (big artifacts
+    /// may take a while).
+    ///
+    /// The registry sends its artifact, a manifest (record, lineage,
+    /// metrics, audit and monitoring history, checksums) and, with
+    /// --include-data, its training data to the archive target (S3 when
+    /// [registry.archive.s3] has a bucket, else <data_dir>/archive). All is
+    /// read back and verified before the version becomes ARCHIVED and its
+    /// local copy is freed; a failure leaves it RETIRED. The call returns
+    /// once the archive is verified.
+    Archive {
+        name: String,
+        version: u64,
+        /// Also archive the training data (when it is a local file that
+        /// still matches the sha256 recorded at training).
+        #[arg(long)]
+        include_data: bool,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Restore an ARCHIVED version: back as RETIRED (ACTIVE with
+    /// --activate).
+    ///
+    /// The registry downloads the artifact from the archive, checks its
+    /// sha256 against the manifest and the version record, and re-installs
+    /// it; the version keeps its history and its archive URI.
+    Restore {
+        name: String,
+        version: u64,
+        /// Return as ACTIVE instead of RETIRED.
+        #[arg(long)]
+        activate: bool,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Print registry events as they happen, until interrupted.
     Watch {
         /// Replay events after this revision first (default: from now on).
@@ -418,6 +480,11 @@ enum VersionsCmd {
     Delete {
         #[arg(value_name = "REF")]
         reference: String,
+        /// Needed to delete an ARCHIVED version's record. Its archive (in
+        /// S3 or the archive directory) is kept: remove it there if you mean
+        /// to.
+        #[arg(long)]
+        force: bool,
         #[arg(long, default_value = "")]
         reason: String,
     },
@@ -773,7 +840,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 replacement,
             } => {
                 ctx.set_status(
-                    reference,
+                    commands::version_ref(reference),
                     status.into(),
                     reason,
                     sunset,
@@ -781,9 +848,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
                 .await?
             }
-            VersionsCmd::Delete { reference, reason } => {
-                ctx.delete_version(reference, reason).await?
-            }
+            VersionsCmd::Delete {
+                reference,
+                force,
+                reason,
+            } => ctx.delete_version(reference, force, reason).await?,
         },
         Command::Alias(cmd) => match cmd {
             AliasCmd::Set {
@@ -801,6 +870,48 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } => ctx.delete_alias(name, alias, expect, reason).await?,
         },
         Command::History { name, limit } => ctx.history(name, limit).await?,
+        Command::Deprecate {
+            name,
+            version,
+            notice,
+            sunset,
+            replacement,
+        } => {
+            ctx.set_status(
+                commands::numbered(name, version),
+                VersionStatus::Deprecated,
+                notice,
+                sunset,
+                replacement.unwrap_or(0),
+            )
+            .await?
+        }
+        Command::Retire {
+            name,
+            version,
+            reason,
+        } => {
+            ctx.set_status(
+                commands::numbered(name, version),
+                VersionStatus::Retired,
+                reason,
+                None,
+                0,
+            )
+            .await?
+        }
+        Command::Archive {
+            name,
+            version,
+            include_data,
+            reason,
+        } => ctx.archive(name, version, include_data, reason).await?,
+        Command::Restore {
+            name,
+            version,
+            activate,
+            reason,
+        } => ctx.restore(name, version, activate, reason).await?,
         Command::Watch { from, model } => return ctx.watch(from, model).await,
         Command::Rollback {
             name,
@@ -1167,6 +1278,94 @@ mod tests {
             2,
             "--from and --to are required"
         );
+    }
+
+    #[test]
+    fn lifecycle_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "evergreen",
+            "deprecate",
+            "churn",
+            "3",
+            "--notice",
+            "use version 4",
+            "--sunset",
+            "2027-01-01",
+            "--replacement",
+            "4",
+            "--json",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(cli.json);
+        let Command::Deprecate {
+            name,
+            version,
+            notice,
+            sunset,
+            replacement,
+        } = cli.command
+        else {
+            panic!("not deprecate");
+        };
+        assert_eq!(
+            (name.as_str(), version, notice.as_str()),
+            ("churn", 3, "use version 4")
+        );
+        assert_eq!(sunset.map(|t| t.seconds), Some(1_798_761_600));
+        assert_eq!(replacement, Some(4));
+        assert!(matches!(
+            Cli::try_parse_from(["evergreen", "retire", "churn", "3", "--reason", "old"])
+                .unwrap_or_else(|e| panic!("{e}"))
+                .command,
+            Command::Retire { version: 3, ref reason, .. } if reason == "old"
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["evergreen", "archive", "churn", "3", "--include-data"])
+                .unwrap_or_else(|e| panic!("{e}"))
+                .command,
+            Command::Archive {
+                version: 3,
+                include_data: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["evergreen", "restore", "churn", "3", "--activate"])
+                .unwrap_or_else(|e| panic!("{e}"))
+                .command,
+            Command::Restore {
+                version: 3,
+                activate: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["evergreen", "versions", "delete", "churn/3", "--force"])
+                .unwrap_or_else(|e| panic!("{e}"))
+                .command,
+            Command::Versions(VersionsCmd::Delete { force: true, .. })
+        ));
+        for (bad, expected) in [
+            (&["evergreen", "deprecate", "churn", "3"][..], "--notice"),
+            (
+                &[
+                    "evergreen",
+                    "deprecate",
+                    "churn",
+                    "3",
+                    "--notice",
+                    "n",
+                    "--sunset",
+                    "soon",
+                ],
+                "--sunset",
+            ),
+            (&["evergreen", "retire", "churn", "three"], "VERSION"),
+        ] {
+            let err = parse_err(bad);
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+            assert!(err.to_string().contains(expected), "{err}");
+        }
     }
 
     #[test]

@@ -321,6 +321,7 @@ pub fn version_json(v: &ModelVersion) -> Value {
         "status_reason": v.status_reason,
         "sunset_at": rfc3339(v.sunset_at.as_ref()),
         "replacement_version": (v.replacement_version > 0).then_some(v.replacement_version),
+        "archive_uri": (!v.archive_uri.is_empty()).then_some(v.archive_uri.as_str()),
         "sha256": artifact.sha256,
         "size_bytes": artifact.size_bytes,
         "aliases": v.aliases,
@@ -354,6 +355,16 @@ pub fn print_version(v: &ModelVersion) {
         ("model", v.model.clone()),
         ("version", v.version.to_string()),
         ("status", status),
+    ];
+    if !v.archive_uri.is_empty() {
+        let note = if v.status == VersionStatus::Archived as i32 {
+            " (artifact not held here: `evergreen restore` brings it back)"
+        } else {
+            ""
+        };
+        fields.push(("archive", format!("{}{note}", v.archive_uri)));
+    }
+    fields.extend([
         ("aliases", v.aliases.join(",")),
         ("sha256", artifact.sha256),
         (
@@ -368,7 +379,7 @@ pub fn print_version(v: &ModelVersion) {
         ("params", pairs(&v.params)),
         ("tags", pairs(&v.tags)),
         ("description", v.description.clone()),
-    ];
+    ]);
     if let Some(l) = &v.lineage {
         let parent = match l.parent_version {
             0 => String::new(),
@@ -393,13 +404,19 @@ pub fn print_version(v: &ModelVersion) {
     print_fields(&fields);
 }
 
+/// The ARCHIVE column appears when some version has been archived.
 pub fn print_versions(versions: &[ModelVersion]) {
-    let mut t = Table::new(&[
+    let archives = versions.iter().any(|v| !v.archive_uri.is_empty());
+    let mut header = vec![
         "VERSION", "STATUS", "ALIASES", "SHA256", "SIZE", "CREATED", "METRICS",
-    ]);
+    ];
+    if archives {
+        header.push("ARCHIVE");
+    }
+    let mut t = Table::new(&header);
     for v in versions {
         let artifact = v.artifact.clone().unwrap_or_default();
-        t.row(vec![
+        let mut row = vec![
             v.version.to_string(),
             status_name(v.status),
             v.aliases.join(","),
@@ -407,7 +424,11 @@ pub fn print_versions(versions: &[ModelVersion]) {
             human_size(artifact.size_bytes),
             short_time(v.created_at.as_ref()),
             headline_metrics(&v.metrics),
-        ]);
+        ];
+        if archives {
+            row.push(v.archive_uri.clone());
+        }
+        t.row(row);
     }
     t.print();
 }
@@ -459,14 +480,47 @@ fn subject(e: &Event) -> String {
     }
 }
 
+/// A status change in words, from an event's `before`/`after`:
+/// `ACTIVE -> DEPRECATED`, `RETIRED -> ARCHIVED at s3://b/m/3/ (with data)`,
+/// `ARCHIVED -> ACTIVE, restored from file:///…/m/3/`; "" for other kinds.
+pub fn change(e: &Event) -> String {
+    let (before, after) = (state(&e.before), state(&e.after));
+    let (from, to) = (
+        before["status"].as_str().unwrap_or("?"),
+        after["status"].as_str().unwrap_or("?"),
+    );
+    match EventKind::try_from(e.kind) {
+        Ok(EventKind::VersionStatusChanged) => format!("{from} -> {to}"),
+        Ok(EventKind::VersionArchived) => {
+            let data = if after["data"]["included"] == true {
+                " (with data)"
+            } else {
+                ""
+            };
+            format!(
+                "{from} -> {to} at {}{data}",
+                after["uri"].as_str().unwrap_or("?")
+            )
+        }
+        Ok(EventKind::VersionRestored) => format!(
+            "{from} -> {to}, restored from {}",
+            before["uri"].as_str().unwrap_or("?")
+        ),
+        _ => String::new(),
+    }
+}
+
 pub fn print_events(events: &[Event]) {
-    let mut t = Table::new(&["REV", "TIME", "KIND", "SUBJECT", "ACTOR", "REASON"]);
+    let mut t = Table::new(&[
+        "REV", "TIME", "KIND", "SUBJECT", "CHANGE", "ACTOR", "REASON",
+    ]);
     for e in events {
         t.row(vec![
             e.revision.to_string(),
             short_time(e.time.as_ref()),
             kind_name(e.kind),
             subject(e),
+            change(e),
             e.actor.clone(),
             e.reason.clone(),
         ]);
@@ -484,6 +538,10 @@ pub fn event_line(e: &Event) -> String {
         subject(e),
         if e.actor.is_empty() { "?" } else { &e.actor },
     );
+    let change = change(e);
+    if !change.is_empty() {
+        line.push_str(&format!(" ({change})"));
+    }
     if !e.reason.is_empty() {
         line.push_str(&format!(": {}", e.reason));
     }
@@ -566,5 +624,37 @@ mod tests {
         assert_eq!(j["before"], Value::Null);
         assert_eq!(j["after"]["version"], 3);
         assert_eq!(subject(&e), "demo@production -> 3");
+        assert_eq!(change(&e), "");
+    }
+
+    #[test]
+    fn lifecycle_events_say_what_changed() {
+        let mut e = Event {
+            kind: EventKind::VersionArchived as i32,
+            model: "demo".into(),
+            version: 3,
+            before: r#"{"status":"RETIRED"}"#.into(),
+            after: r#"{"status":"ARCHIVED","uri":"s3://b/demo/3/","data":{"included":true}}"#
+                .into(),
+            ..Default::default()
+        };
+        assert_eq!(kind_name(e.kind), "VERSION_ARCHIVED");
+        assert_eq!(
+            change(&e),
+            "RETIRED -> ARCHIVED at s3://b/demo/3/ (with data)"
+        );
+        e.kind = EventKind::VersionRestored as i32;
+        e.before = r#"{"status":"ARCHIVED","uri":"s3://b/demo/3/"}"#.into();
+        e.after = r#"{"status":"ACTIVE"}"#.into();
+        assert_eq!(kind_name(e.kind), "VERSION_RESTORED");
+        assert_eq!(
+            change(&e),
+            "ARCHIVED -> ACTIVE, restored from s3://b/demo/3/"
+        );
+        e.kind = EventKind::VersionStatusChanged as i32;
+        e.before = r#"{"status":"DEPRECATED"}"#.into();
+        e.after = r#"{"status":"RETIRED"}"#.into();
+        assert_eq!(change(&e), "DEPRECATED -> RETIRED");
+        assert!(event_line(&e).contains("(DEPRECATED -> RETIRED)"));
     }
 }
