@@ -52,11 +52,12 @@ pub(crate) fn to_row(x: &[f64]) -> Row {
     }
 }
 
-async fn train(sb: &Sandbox, path: &std::path::Path) -> u64 {
+/// Trains a depth-5 decision tree of `model` on `path`; returns its version.
+pub(crate) async fn train(sb: &Sandbox, model: &str, path: &std::path::Path) -> u64 {
     let mut t = sb.trainer().await;
     let mut s = t
         .train(TrainRequest {
-            model: MODEL.into(),
+            model: model.into(),
             dataset_uri: path.display().to_string(),
             target: "target".into(),
             algorithm: "decision_tree".into(),
@@ -201,7 +202,7 @@ async fn drift_with_labels_retrains_and_a_bad_promotion_is_rolled_back() {
     let data = load();
 
     // v1, promoted.
-    let v1 = train(&sb, &dataset("breast_cancer.csv")).await;
+    let v1 = train(&sb, MODEL, &dataset("breast_cancer.csv")).await;
     sb.registry()
         .await
         .set_alias(SetAliasRequest {
@@ -342,7 +343,7 @@ async fn drift_with_labels_retrains_and_a_bad_promotion_is_rolled_back() {
         out.push('\n');
     }
     std::fs::write(&flipped, out).unwrap();
-    let v3 = train(&sb, &flipped).await;
+    let v3 = train(&sb, MODEL, &flipped).await;
     sb.registry()
         .await
         .set_alias(SetAliasRequest {
@@ -539,8 +540,8 @@ async fn a_superseded_version_that_fails_is_retired_and_state_survives_a_restart
         .start()
         .await;
     let data = load();
-    let v1 = train(&sb, &dataset("breast_cancer.csv")).await;
-    let v2 = train(&sb, &dataset("breast_cancer.csv")).await;
+    let v1 = train(&sb, MODEL, &dataset("breast_cancer.csv")).await;
+    let v2 = train(&sb, MODEL, &dataset("breast_cancer.csv")).await;
     let mut reg = sb.registry().await;
     reg.set_alias(SetAliasRequest {
         model: MODEL.into(),

@@ -6,16 +6,16 @@
 use evergreen_e2e::{dataset, req, Sandbox};
 use evergreen_proto::v1::registry_client::RegistryClient;
 use evergreen_proto::v1::{
-    train_event, EventKind, Feedback, GetModelRequest, GetPhaseoutRequest, GetReportRequest,
-    GetVersionRequest, HistoryRequest, Model, Phaseout, PhaseoutAction, PhaseoutState, Policy,
-    PredictRequest, RecordFeedbackRequest, SetAliasRequest, SetPolicyRequest,
-    SetTrafficPolicyRequest, SetVersionStatusRequest, StartPhaseoutRequest, TrafficPolicy,
-    TrainRequest, UpdatePhaseoutRequest, VersionStatus, VersionWeight, WindowKind,
+    EventKind, Feedback, GetModelRequest, GetPhaseoutRequest, GetReportRequest, GetVersionRequest,
+    HistoryRequest, Model, Phaseout, PhaseoutAction, PhaseoutState, Policy, PredictRequest,
+    RecordFeedbackRequest, SetAliasRequest, SetPolicyRequest, SetTrafficPolicyRequest,
+    SetVersionStatusRequest, StartPhaseoutRequest, TrafficPolicy, UpdatePhaseoutRequest,
+    VersionStatus, VersionWeight, WindowKind,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
-use crate::closed_loop::{load, sample, to_row, until};
+use crate::closed_loop::{load, sample, to_row, train, until};
 
 type Registry = RegistryClient<Channel>;
 
@@ -708,31 +708,6 @@ async fn an_unreachable_monitor_holds_the_next_step_and_status_says_why() {
 
 const MODEL: &str = "pq";
 
-async fn train(sb: &Sandbox, path: &std::path::Path) -> u64 {
-    let mut s = sb
-        .trainer()
-        .await
-        .train(TrainRequest {
-            model: MODEL.into(),
-            dataset_uri: path.display().to_string(),
-            target: "target".into(),
-            algorithm: "decision_tree".into(),
-            params: [("max_depth".to_string(), "5".to_string())].into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut version = 0;
-    while let Some(ev) = s.message().await.unwrap() {
-        if let Some(train_event::Kind::Done(j)) = ev.kind {
-            version = j.version;
-        }
-    }
-    assert!(version > 0);
-    version
-}
-
 /// breast_cancer.csv with every label flipped: a model trained on it is
 /// confidently wrong.
 fn flipped_dataset(dir: &std::path::Path) -> std::path::PathBuf {
@@ -764,9 +739,9 @@ async fn a_regression_of_the_new_version_halts_the_phaseout_and_returns_all_traf
         .start()
         .await;
     let data = load();
-    let v1 = train(&sb, &dataset("breast_cancer.csv")).await;
+    let v1 = train(&sb, MODEL, &dataset("breast_cancer.csv")).await;
     let dir = tempfile::tempdir().unwrap();
-    let v2 = train(&sb, &flipped_dataset(dir.path())).await;
+    let v2 = train(&sb, MODEL, &flipped_dataset(dir.path())).await;
     let mut reg = sb.registry().await;
     set_production(&mut reg, MODEL, v1).await;
     // Small windows judged on few labels; the monitor itself does nothing.
