@@ -382,16 +382,22 @@ impl Archiver {
             .await
             .map_err(|e| fail("checking the archive target", e))?;
 
-        // The local artifact, checked before it leaves.
-        let local = self.temp_path("archive")?;
-        let _cleanup = TempFile(local.clone());
-        {
-            let mut reader = self.artifacts.open(&artifact.sha256).await?;
-            let mut file = tokio::fs::File::create(&local).await?;
-            tokio::io::copy(&mut reader, &mut file).await?;
-            file.sync_all().await?;
-        }
+        // The local artifact, checked before it leaves: uploaded straight
+        // from its file, or staged from the database when it is inline.
+        let staged = self.temp_path("archive")?;
+        let _cleanup = TempFile(staged.clone());
+        let local = match self.artifacts.local_path(&artifact.sha256) {
+            Some(path) => path,
+            None => {
+                let mut reader = self.artifacts.open(&artifact.sha256).await?;
+                let mut file = tokio::fs::File::create(&staged).await?;
+                tokio::io::copy(&mut reader, &mut file).await?;
+                file.sync_all().await?;
+                staged.clone()
+            }
+        };
         let (size, sha) = sha256_file(&local).await?;
+
         if sha != artifact.sha256 {
             return Err(RegistryError::Storage(format!(
                 "archive of {model}/{number} refused: the local artifact hashes to {sha}, not the recorded {}; the version is unchanged",

@@ -20,6 +20,11 @@ pub trait ArtifactStore: Send + Sync + 'static {
     async fn open(&self, sha256: &str) -> Result<Pin<Box<dyn AsyncRead + Send>>>;
     /// Frees the bytes (after an archive); missing bytes are not an error.
     async fn remove(&self, sha256: &str) -> Result<()>;
+    /// The file holding the artifact, when it is a local file (the archive
+    /// uploads from it without a staging copy).
+    fn local_path(&self, _sha256: &str) -> Option<PathBuf> {
+        None
+    }
 }
 
 #[async_trait]
@@ -80,6 +85,11 @@ impl ArtifactStore for LocalDirStore {
                 RegistryError::Storage(format!("artifact {sha256} is missing from the store: {e}"))
             })?;
         Ok(Box::pin(file))
+    }
+
+    fn local_path(&self, sha256: &str) -> Option<PathBuf> {
+        let ok = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit());
+        Some(self.path_of(sha256)).filter(|p| ok && p.is_file())
     }
 
     async fn remove(&self, sha256: &str) -> Result<()> {
@@ -169,8 +179,16 @@ impl ArtifactStore for TieredStore {
         }
     }
 
+    fn local_path(&self, sha256: &str) -> Option<PathBuf> {
+        match self.small.contains_key(sha256.as_bytes()) {
+            Ok(false) => self.large.local_path(sha256),
+            _ => None,
+        }
+    }
+
     async fn remove(&self, sha256: &str) -> Result<()> {
         self.small.remove(sha256.as_bytes())?;
+
         self.small.flush_async().await?;
         self.large.remove(sha256).await
     }
