@@ -180,6 +180,43 @@ async fn traffic(sb: &Sandbox, tag: &str, rows: &[(Vec<f64>, String)], logged: &
     version
 }
 
+/// breast_cancer.csv with every label flipped: a model trained on it is
+/// confidently wrong.
+pub(crate) fn flipped_dataset(dir: &std::path::Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(dataset("breast_cancer.csv")).unwrap();
+    let mut out = String::new();
+    for (i, l) in text.lines().enumerate() {
+        if i == 0 {
+            out.push_str(l);
+        } else {
+            let (head, y) = l.rsplit_once(',').unwrap();
+            out.push_str(&format!("{head},{}", if y == "1" { "0" } else { "1" }));
+        }
+        out.push('\n');
+    }
+    let path = dir.join("flipped.csv");
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+/// Waits until "bc" (its production version) is answered by `version`.
+async fn served_by(sb: &Sandbox, row: &[f64], version: u64) {
+    until(&format!("the server serves v{version}"), || async {
+        let r = sb
+            .predictor()
+            .await
+            .predict(PredictRequest {
+                model: MODEL.into(),
+                rows: vec![to_row(row)],
+                request_id: String::new(),
+            })
+            .await
+            .ok()?;
+        (r.into_inner().version == version).then_some(())
+    })
+    .await;
+}
+
 /// Rows of `version` the monitor has counted so far.
 async fn logged(sb: &Sandbox, version: u64) -> u64 {
     report(sb, version, WindowKind::Long)
@@ -314,35 +351,11 @@ async fn drift_with_labels_retrains_and_a_bad_promotion_is_rolled_back() {
     .await;
     let r = report(&sb, v1, WindowKind::Last).await.unwrap();
     assert!(!r.summary.unwrap().breaches.is_empty());
-    until("the server serves v2", || async {
-        let mut p = sb.predictor().await;
-        let r = p
-            .predict(PredictRequest {
-                model: MODEL.into(),
-                rows: vec![to_row(&data[3].0)],
-                request_id: String::new(),
-            })
-            .await
-            .ok()?;
-        (r.into_inner().version == v2).then_some(())
-    })
-    .await;
+    served_by(&sb, &data[3].0, v2).await;
 
     // 3. A deliberately bad version (trained on flipped labels) is promoted.
     let dir = tempfile::tempdir().unwrap();
-    let flipped = dir.path().join("flipped.csv");
-    let text = std::fs::read_to_string(dataset("breast_cancer.csv")).unwrap();
-    let mut out = String::new();
-    for (i, l) in text.lines().enumerate() {
-        if i == 0 {
-            out.push_str(l);
-        } else {
-            let (head, y) = l.rsplit_once(',').unwrap();
-            out.push_str(&format!("{head},{}", if y == "1" { "0" } else { "1" }));
-        }
-        out.push('\n');
-    }
-    std::fs::write(&flipped, out).unwrap();
+    let flipped = flipped_dataset(dir.path());
     let v3 = train(&sb, MODEL, &flipped).await;
     sb.registry()
         .await
@@ -355,19 +368,7 @@ async fn drift_with_labels_retrains_and_a_bad_promotion_is_rolled_back() {
         })
         .await
         .unwrap();
-    until("the server serves v3", || async {
-        let mut p = sb.predictor().await;
-        let r = p
-            .predict(PredictRequest {
-                model: MODEL.into(),
-                rows: vec![to_row(&data[5].0)],
-                request_id: String::new(),
-            })
-            .await
-            .ok()?;
-        (r.into_inner().version == v3).then_some(())
-    })
-    .await;
+    served_by(&sb, &data[5].0, v3).await;
     // The probe request is logged asynchronously: count from what it left.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut n = logged(&sb, v3).await;

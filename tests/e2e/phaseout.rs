@@ -15,7 +15,7 @@ use evergreen_proto::v1::{
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
-use crate::closed_loop::{load, sample, to_row, train, until};
+use crate::closed_loop::{flipped_dataset, load, sample, to_row, train, until};
 
 type Registry = RegistryClient<Channel>;
 
@@ -707,25 +707,6 @@ async fn an_unreachable_monitor_holds_the_next_step_and_status_says_why() {
 // --------------------------------------------------------- the regression ---
 
 const MODEL: &str = "pq";
-
-/// breast_cancer.csv with every label flipped: a model trained on it is
-/// confidently wrong.
-fn flipped_dataset(dir: &std::path::Path) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(dataset("breast_cancer.csv")).unwrap();
-    let mut out = String::new();
-    for (i, l) in text.lines().enumerate() {
-        if i == 0 {
-            out.push_str(l);
-        } else {
-            let (head, y) = l.rsplit_once(',').unwrap();
-            out.push_str(&format!("{head},{}", if y == "1" { "0" } else { "1" }));
-        }
-        out.push('\n');
-    }
-    let path = dir.join("flipped.csv");
-    std::fs::write(&path, out).unwrap();
-    path
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_regression_of_the_new_version_halts_the_phaseout_and_returns_all_traffic() {

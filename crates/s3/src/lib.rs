@@ -421,15 +421,7 @@ impl S3Store {
             path: path.display().to_string(),
             message: e.to_string(),
         };
-        let resp = self
-            .client
-            .get_object()
-            .bucket(&self.config.bucket)
-            .key(self.key(key))
-            .send()
-            .await
-            .map_err(|e| self.classify("download", key, e))?;
-        let mut body = resp.body;
+        let mut body = self.body(key).await?;
         let mut file = tokio::fs::File::create(path).await.map_err(local)?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
@@ -450,8 +442,8 @@ impl S3Store {
         })
     }
 
-    /// Downloads a small object into memory.
-    pub async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, S3Error> {
+    /// The body stream of an object (GetObject).
+    async fn body(&self, key: &str) -> Result<ByteStream, S3Error> {
         let resp = self
             .client
             .get_object()
@@ -460,8 +452,14 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| self.classify("download", key, e))?;
-        let bytes = resp
-            .body
+        Ok(resp.body)
+    }
+
+    /// Downloads a small object into memory.
+    pub async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, S3Error> {
+        let bytes = self
+            .body(key)
+            .await?
             .collect()
             .await
             .map_err(|e| body_error(self.config.uri(key), e))?;
