@@ -10,6 +10,17 @@ use serde::{Deserialize, Serialize};
 pub struct MonitorConfig {
     /// gRPC listen address.
     pub listen: SocketAddr,
+    /// Prometheus `/metrics` address ("" = off).
+    pub metrics_listen: String,
+    /// Allow a non-loopback `listen` without auth (refused otherwise).
+    pub insecure: bool,
+    /// After SIGTERM, in-flight calls get this long to finish.
+    pub shutdown_grace_seconds: u64,
+    pub tls: evergreen_runtime::TlsConfig,
+    pub auth: evergreen_runtime::AuthConfig,
+    /// How this daemon calls the others (CA, client certificate, token).
+    pub client: evergreen_runtime::ClientConfig,
+    pub limits: evergreen_runtime::LimitsConfig,
     /// Where reference profiles come from (the versions' artifacts), and
     /// where rollbacks and deprecations go.
     pub registry_url: String,
@@ -40,6 +51,13 @@ impl Default for MonitorConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7403)),
+            metrics_listen: evergreen_runtime::shell::default_metrics_listen(7403),
+            insecure: false,
+            shutdown_grace_seconds: evergreen_runtime::shell::DEFAULT_GRACE_SECONDS,
+            tls: Default::default(),
+            auth: Default::default(),
+            client: Default::default(),
+            limits: Default::default(),
             registry_url: "http://127.0.0.1:7400".into(),
             trainer_url: "http://127.0.0.1:7401".into(),
             data_dir: PathBuf::from(".evergreen/monitor"),
@@ -96,6 +114,10 @@ impl MonitorConfig {
 impl evergreen_runtime::DaemonConfig for MonitorConfig {
     fn listen(&self) -> SocketAddr {
         self.listen
+    }
+
+    fn shell(&self) -> evergreen_runtime::Shell {
+        evergreen_runtime::shell_of!("monitor", self)
     }
 
     fn validate(&self) -> anyhow::Result<()> {

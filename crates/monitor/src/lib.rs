@@ -49,6 +49,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    let shell = evergreen_runtime::DaemonConfig::shell(&config);
     let registry = channel("registry_url", &config.registry_url)?;
     let trainer = if config.trainer_url.is_empty() {
         None
@@ -99,7 +100,7 @@ pub async fn run(
         shutdown.await;
         let _ = m.stopping.send(true);
     };
-    let served = evergreen_runtime::serve(listener, routes, shutdown).await;
+    let served = evergreen_runtime::serve(&shell, listener, routes, shutdown).await;
 
     ticker.abort();
     actor.abort();

@@ -10,6 +10,17 @@ use serde::{Deserialize, Serialize};
 pub struct RegistryConfig {
     /// gRPC listen address.
     pub listen: SocketAddr,
+    /// Prometheus `/metrics` address ("" = off).
+    pub metrics_listen: String,
+    /// Allow a non-loopback `listen` without auth (refused otherwise).
+    pub insecure: bool,
+    /// After SIGTERM, in-flight calls get this long to finish.
+    pub shutdown_grace_seconds: u64,
+    pub tls: evergreen_runtime::TlsConfig,
+    pub auth: evergreen_runtime::AuthConfig,
+    /// How this daemon calls the others (CA, client certificate, token).
+    pub client: evergreen_runtime::ClientConfig,
+    pub limits: evergreen_runtime::LimitsConfig,
     /// sled database (`sled/`) and local artifacts (`artifacts/`).
     pub data_dir: PathBuf,
     /// Largest artifact accepted, in bytes.
@@ -50,6 +61,13 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            metrics_listen: evergreen_runtime::shell::default_metrics_listen(7400),
+            insecure: false,
+            shutdown_grace_seconds: evergreen_runtime::shell::DEFAULT_GRACE_SECONDS,
+            tls: Default::default(),
+            auth: Default::default(),
+            client: Default::default(),
+            limits: Default::default(),
             data_dir: PathBuf::from(".evergreen/registry"),
             max_artifact_bytes: 1 << 30,
             inline_artifact_bytes: 128 * 1024,
@@ -127,6 +145,10 @@ impl RegistryConfig {
 impl evergreen_runtime::DaemonConfig for RegistryConfig {
     fn listen(&self) -> SocketAddr {
         self.listen
+    }
+
+    fn shell(&self) -> evergreen_runtime::Shell {
+        evergreen_runtime::shell_of!("registry", self)
     }
 
     fn validate(&self) -> anyhow::Result<()> {

@@ -107,7 +107,13 @@ pub async fn run(
         hub.close(); // ends watch streams so the drain can finish
     };
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "registry serving");
-    let served = evergreen_runtime::serve(listener, routes, signal).await;
+    let served = evergreen_runtime::serve(
+        &evergreen_runtime::DaemonConfig::shell(&config),
+        listener,
+        routes,
+        signal,
+    )
+    .await;
     let _ = stop_scheduler.send(true);
     if let Err(e) = retention.await {
         tracing::error!(error = %e, "the retention task panicked");

@@ -15,6 +15,9 @@ use crate::{init_tracing, load_config, shutdown_signal, ConfigSources};
 /// What the shell needs from a daemon's config table.
 pub trait DaemonConfig: DeserializeOwned + serde::Serialize + Default + Send + 'static {
     fn listen(&self) -> SocketAddr;
+    /// The shared keys (metrics, TLS, auth, limits, shutdown); implement
+    /// with [`crate::shell_of!`].
+    fn shell(&self) -> crate::Shell;
     /// Checks serde cannot make; errors name the key.
     fn validate(&self) -> anyhow::Result<()>;
 }

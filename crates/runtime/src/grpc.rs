@@ -13,6 +13,7 @@ use tonic::transport::Server;
 /// reflection on `listener` until `shutdown` resolves, then drains in-flight
 /// calls and returns.
 pub async fn serve(
+    shell: &crate::Shell,
     listener: TcpListener,
     mut routes: RoutesBuilder,
     shutdown: impl Future<Output = ()>,
@@ -30,6 +31,7 @@ pub async fn serve(
     routes.add_service(v1).add_service(v1alpha);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Server::builder()
+        .max_concurrent_streams(shell.limits.max_concurrent_streams)
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

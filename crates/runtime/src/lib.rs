@@ -9,11 +9,13 @@
 pub mod config;
 pub mod daemon;
 pub mod grpc;
+pub mod shell;
 pub mod telemetry;
 
 pub use config::{load_config, ConfigSources};
 pub use daemon::{daemon_main, DaemonConfig, Shutdown};
 pub use grpc::serve;
+pub use shell::{AuthConfig, ClientConfig, LimitsConfig, Shell, TlsConfig};
 pub use telemetry::init_tracing;
 pub use {tonic_health, tonic_reflection};
 

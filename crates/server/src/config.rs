@@ -10,6 +10,17 @@ use serde::{Deserialize, Serialize};
 pub struct ServerConfig {
     /// gRPC listen address (Predictor, Open Inference Protocol V2, health).
     pub listen: SocketAddr,
+    /// Prometheus `/metrics` address ("" = off).
+    pub metrics_listen: String,
+    /// Allow a non-loopback `listen` without auth (refused otherwise).
+    pub insecure: bool,
+    /// After SIGTERM, in-flight calls get this long to finish.
+    pub shutdown_grace_seconds: u64,
+    pub tls: evergreen_runtime::TlsConfig,
+    pub auth: evergreen_runtime::AuthConfig,
+    /// How this daemon calls the others (CA, client certificate, token).
+    pub client: evergreen_runtime::ClientConfig,
+    pub limits: evergreen_runtime::LimitsConfig,
     pub registry_url: String,
     /// Where prediction logs go; empty = no prediction log.
     pub monitor_url: String,
@@ -53,6 +64,13 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7402)),
+            metrics_listen: evergreen_runtime::shell::default_metrics_listen(7402),
+            insecure: false,
+            shutdown_grace_seconds: evergreen_runtime::shell::DEFAULT_GRACE_SECONDS,
+            tls: Default::default(),
+            auth: Default::default(),
+            client: Default::default(),
+            limits: Default::default(),
             registry_url: "http://127.0.0.1:7400".into(),
             monitor_url: String::new(),
             default_alias: "production".into(),
@@ -132,6 +150,10 @@ impl ServerConfig {
 impl evergreen_runtime::DaemonConfig for ServerConfig {
     fn listen(&self) -> SocketAddr {
         self.listen
+    }
+
+    fn shell(&self) -> evergreen_runtime::Shell {
+        evergreen_runtime::shell_of!("server", self)
     }
 
     fn validate(&self) -> anyhow::Result<()> {

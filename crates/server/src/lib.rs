@@ -106,7 +106,13 @@ pub async fn run(
         .add_service(PredictorGrpc::server(server.clone()))
         .add_service(V2Grpc::server(server.clone()));
     tracing::info!(addr = %listener.local_addr()?, registry = %config.registry_url, "server listening (NOT_SERVING until models are loaded)");
-    let served = evergreen_runtime::serve(listener, routes, shutdown).await;
+    let served = evergreen_runtime::serve(
+        &evergreen_runtime::DaemonConfig::shell(&*config),
+        listener,
+        routes,
+        shutdown,
+    )
+    .await;
     drop(server); // closes the on-demand channel: the syncer stops
     sync_task.abort();
     tracing::info!("server stopped");

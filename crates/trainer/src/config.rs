@@ -10,6 +10,17 @@ use serde::{Deserialize, Serialize};
 pub struct TrainerConfig {
     /// gRPC listen address.
     pub listen: SocketAddr,
+    /// Prometheus `/metrics` address ("" = off).
+    pub metrics_listen: String,
+    /// Allow a non-loopback `listen` without auth (refused otherwise).
+    pub insecure: bool,
+    /// After SIGTERM, in-flight calls get this long to finish.
+    pub shutdown_grace_seconds: u64,
+    pub tls: evergreen_runtime::TlsConfig,
+    pub auth: evergreen_runtime::AuthConfig,
+    /// How this daemon calls the others (CA, client certificate, token).
+    pub client: evergreen_runtime::ClientConfig,
+    pub limits: evergreen_runtime::LimitsConfig,
     /// Job records (`jobs/`, sled).
     pub data_dir: PathBuf,
     /// Where versions are registered.
@@ -27,6 +38,13 @@ impl Default for TrainerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            metrics_listen: evergreen_runtime::shell::default_metrics_listen(7401),
+            insecure: false,
+            shutdown_grace_seconds: evergreen_runtime::shell::DEFAULT_GRACE_SECONDS,
+            tls: Default::default(),
+            auth: Default::default(),
+            client: Default::default(),
+            limits: Default::default(),
             data_dir: PathBuf::from(".evergreen/trainer"),
             registry_url: "http://127.0.0.1:7400".into(),
             max_concurrent_jobs: 1,
@@ -62,6 +80,10 @@ impl TrainerConfig {
 impl evergreen_runtime::DaemonConfig for TrainerConfig {
     fn listen(&self) -> SocketAddr {
         self.listen
+    }
+
+    fn shell(&self) -> evergreen_runtime::Shell {
+        evergreen_runtime::shell_of!("trainer", self)
     }
 
     fn validate(&self) -> anyhow::Result<()> {

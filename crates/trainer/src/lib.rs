@@ -51,7 +51,13 @@ pub async fn run(
         .add_service(health)
         .add_service(TrainerGrpc::server(jobs.clone()));
     tracing::info!(addr = %listener.local_addr()?, registry = %config.registry_url, "trainer serving");
-    let served = evergreen_runtime::serve(listener, routes, shutdown).await;
+    let served = evergreen_runtime::serve(
+        &evergreen_runtime::DaemonConfig::shell(&config),
+        listener,
+        routes,
+        shutdown,
+    )
+    .await;
     jobs.shutdown().await;
     // Job and stream tasks hold the job database; wait for them to let go so
     // that a restart in the same process can reopen it.

@@ -1,0 +1,115 @@
+//! The keys every daemon's table shares (besides `listen`): metrics, TLS,
+//! auth, how it calls the other daemons, limits and shutdown. Each daemon's
+//! config struct carries these fields under the same names, so
+//! `[registry.tls]`, `[server.tls]`, ... all mean the same thing, and hands
+//! them to [`crate::serve`] as one [`Shell`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Server-side TLS (rustls). Empty `cert` = plaintext.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain served to clients ("" = no TLS).
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+    /// PEM CA bundle; when set, clients must present a certificate signed
+    /// by it (mutual TLS).
+    pub client_ca: PathBuf,
+}
+
+/// Bearer tokens with roles. Both sources empty = auth off.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// File of `ROLE TOKEN` lines (`#` comments), e.g. a mounted
+    /// Kubernetes Secret. Roles: reader, trainer, deployer, admin.
+    pub tokens_file: PathBuf,
+    /// The same inline, `ROLE:TOKEN` pairs separated by commas (for
+    /// `EVERGREEN_<DAEMON>__AUTH__TOKENS` from a Secret).
+    pub tokens: String,
+}
+
+/// How this daemon calls the other daemons.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// PEM CA bundle that signs the other daemons' certificates
+    /// ("" = the built-in web PKI roots, used for `https://` URLs).
+    pub ca: PathBuf,
+    /// Client certificate and key for mutual TLS ("" = none).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// This daemon's own bearer token, from a file ("" = none) ...
+    pub token_file: PathBuf,
+    /// ... or inline ("" = none).
+    pub token: String,
+}
+
+/// Limits, each with a clear error when hit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest gRPC message received, in bytes.
+    pub max_message_bytes: usize,
+    /// Concurrent HTTP/2 streams (in-flight calls) per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 << 20,
+            max_concurrent_streams: 1024,
+        }
+    }
+}
+
+/// Everything [`crate::serve`] needs besides the routes.
+#[derive(Debug, Clone)]
+pub struct Shell {
+    /// "registry", "trainer", "server" or "monitor".
+    pub name: &'static str,
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` address ("" = off).
+    pub metrics_listen: String,
+    /// Allow a non-loopback listen address without auth.
+    pub insecure: bool,
+    /// In-flight calls get this long to finish after SIGTERM.
+    pub shutdown_grace_seconds: u64,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+}
+
+/// Default shutdown grace period.
+pub const DEFAULT_GRACE_SECONDS: u64 = 20;
+
+/// The default metrics address of the daemon whose gRPC port is `grpc_port`:
+/// 7400 -> 127.0.0.1:9400, and so on.
+pub fn default_metrics_listen(grpc_port: u16) -> String {
+    format!("127.0.0.1:{}", grpc_port + 2000)
+}
+
+/// Implements [`crate::DaemonConfig::shell`] for a config struct that has
+/// the shared fields (`listen`, `metrics_listen`, `insecure`,
+/// `shutdown_grace_seconds`, `tls`, `auth`, `limits`).
+#[macro_export]
+macro_rules! shell_of {
+    ($name:literal, $cfg:expr) => {
+        $crate::Shell {
+            name: $name,
+            listen: $cfg.listen,
+            metrics_listen: $cfg.metrics_listen.clone(),
+            insecure: $cfg.insecure,
+            shutdown_grace_seconds: $cfg.shutdown_grace_seconds,
+            tls: $cfg.tls.clone(),
+            auth: $cfg.auth.clone(),
+            limits: $cfg.limits.clone(),
+        }
+    };
+}
