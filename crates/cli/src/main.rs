@@ -10,6 +10,7 @@ mod monitor_output;
 mod output;
 mod phaseout;
 mod serving;
+mod status;
 mod train;
 
 use std::collections::HashMap;
@@ -246,6 +247,9 @@ enum Command {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// One table of the four daemons: up or down, version, address,
+    /// uptime, and what each holds. Exit 1 when any is down.
+    Status,
     /// Print registry events as they happen, until interrupted.
     Watch {
         /// Replay events after this revision first (default: from now on).
@@ -646,6 +650,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         })
     };
     match cli.command {
+        Command::Status => {
+            let targets = vec![
+                ("registry", cli.registry.clone()),
+                ("trainer", cli.trainer.clone()),
+                ("server", cli.server.clone()),
+                ("monitor", cli.monitor.clone()),
+            ];
+            return Ok(status::run(targets, cli.json).await);
+        }
         Command::Train(a) => {
             let mut t =
                 train::TrainCtx::connect(&cli.trainer, commands::actor_value(&actor)?, cli.json)
@@ -936,7 +949,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Signals { .. }
         | Command::Feedback(_)
         | Command::Phaseout(_)
-        | Command::Monitoring(_) => {
+        | Command::Monitoring(_)
+        | Command::Status => {
             unreachable!("handled above")
         }
     }

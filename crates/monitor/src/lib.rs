@@ -94,6 +94,12 @@ pub async fn run(
     routes
         .add_service(health)
         .add_service(MonitorGrpc::server(monitor.clone()));
+    let m = Arc::downgrade(&monitor); // weak: the database closes when `run` ends
+    routes.add_service(evergreen_runtime::status::service("monitor", move || {
+        Ok(m.upgrade()
+            .ok_or_else(|| anyhow::anyhow!("stopping"))?
+            .holdings())
+    }));
     tracing::info!(addr = %listener.local_addr()?, "monitor serving");
     let m = monitor.clone();
     let shutdown = async move {

@@ -930,6 +930,42 @@ impl Monitor {
         Ok(self.policy(&s, model))
     }
 
+    /// What `evergreen status` shows: models and versions watched (with
+    /// window state), policies set, and the signals raised (failed actions
+    /// and the latest one).
+    pub fn holdings(&self) -> Vec<(String, String)> {
+        let (versions, models, policies) = {
+            let s = self.state.lock().unwrap();
+            let keys: HashSet<&Key> = s.versions.keys().chain(s.dormant.keys()).collect();
+            let models: HashSet<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+            (keys.len(), models.len(), s.policies.len())
+        };
+        let signals = self.store.signals_after(0);
+        let failed = signals.iter().filter(|s| !s.error.is_empty()).count();
+        let mut out = vec![
+            ("models".to_string(), models.to_string()),
+            ("versions".to_string(), versions.to_string()),
+            ("policies".to_string(), policies.to_string()),
+            (
+                "signals".to_string(),
+                format!("{} ({failed} failed)", signals.len()),
+            ),
+        ];
+        if let Some(last) = signals.last() {
+            out.push((
+                "latest signal".to_string(),
+                format!(
+                    "#{} {} {}/{}",
+                    last.id,
+                    last.kind().short_name(),
+                    last.model,
+                    last.version
+                ),
+            ));
+        }
+        out
+    }
+
     /// Stored signals with id > `after` (of `model` when not empty).
     pub fn signals(&self, model: &str, after: u64) -> Vec<pb::Signal> {
         self.store

@@ -99,6 +99,12 @@ pub async fn run(
         phaseouts,
         archiver,
     ));
+    let r = Arc::downgrade(&registry); // weak: the store closes when `run` ends
+    routes.add_service(evergreen_runtime::status::service("registry", move || {
+        Ok(r.upgrade()
+            .ok_or_else(|| anyhow::anyhow!("stopping"))?
+            .holdings()?)
+    }));
 
     let hub = store.hub().clone();
     let signal = async {

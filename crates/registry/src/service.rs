@@ -107,6 +107,59 @@ impl Registry {
         &self.store
     }
 
+    /// What `evergreen status` shows: models, versions (by status),
+    /// aliases, phase-outs running, and the Watch revision.
+    pub fn holdings(&self) -> Result<Vec<(String, String)>> {
+        let models = self.store.list_models()?;
+        let mut by_status: std::collections::BTreeMap<&'static str, u64> = Default::default();
+        let mut versions = 0u64;
+        for m in &models {
+            for v in self.store.list_versions(&m.name)? {
+                versions += 1;
+                *by_status
+                    .entry(crate::store::version_status(&v).short_name())
+                    .or_default() += 1;
+            }
+        }
+        let aliases: usize = models.iter().map(|m| m.aliases.len()).sum();
+        let running = self
+            .store
+            .phaseouts()
+            .iter()
+            .values()
+            .filter_map(|b| b.ok())
+            .filter_map(|b| {
+                <evergreen_proto::v1::Phaseout as prost::Message>::decode(b.as_ref()).ok()
+            })
+            .filter(|p| {
+                matches!(
+                    p.state(),
+                    evergreen_proto::v1::PhaseoutState::Running
+                        | evergreen_proto::v1::PhaseoutState::Paused
+                )
+            })
+            .count();
+        let split = by_status
+            .iter()
+            .map(|(s, n)| format!("{n} {}", s.to_lowercase()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok(vec![
+            ("models".into(), models.len().to_string()),
+            (
+                "versions".into(),
+                if split.is_empty() {
+                    versions.to_string()
+                } else {
+                    format!("{versions} ({split})")
+                },
+            ),
+            ("aliases".into(), aliases.to_string()),
+            ("phase-outs".into(), running.to_string()),
+            ("revision".into(), self.store.hub().published().to_string()),
+        ])
+    }
+
     // ---- models ----
 
     pub async fn create_model(

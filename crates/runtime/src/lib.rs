@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod grpc;
 pub mod shell;
+pub mod status;
 pub mod telemetry;
 
 pub use config::{load_config, ConfigSources};

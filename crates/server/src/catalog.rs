@@ -66,6 +66,51 @@ pub struct Catalog {
     pub ready: bool,
 }
 
+impl Catalog {
+    /// What `evergreen status` shows: whether the initial load is done,
+    /// the models served and, per model, its loaded versions with the
+    /// served aliases answering from each (`v5 production, v1`).
+    pub fn holdings(&self) -> Vec<(String, String)> {
+        let mut models: Vec<&Arc<ModelEntry>> = self
+            .models
+            .values()
+            .filter(|m| !m.loaded.is_empty())
+            .collect();
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut out = vec![
+            (
+                "ready".to_string(),
+                if self.ready { "yes" } else { "no (loading)" }.to_string(),
+            ),
+            ("models".to_string(), models.len().to_string()),
+        ];
+        for m in models {
+            let mut versions: Vec<u64> = m.loaded.keys().copied().collect();
+            versions.sort_unstable_by(|a, b| b.cmp(a));
+            let shown: Vec<String> = versions
+                .iter()
+                .map(|v| {
+                    let mut aliases: Vec<&str> = m
+                        .routes
+                        .iter()
+                        .filter(|(_, t)| *t == v)
+                        .map(|(a, _)| a.as_str())
+                        .collect();
+                    aliases.sort_unstable();
+                    if aliases.is_empty() {
+                        format!("v{v}")
+                    } else {
+                        format!("v{v} {}", aliases.join(" "))
+                    }
+                })
+                .collect();
+            out.push((m.name.clone(), shown.join(", ")));
+        }
+        out.push(("revision".to_string(), self.revision.to_string()));
+        out
+    }
+}
+
 /// Which version a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Selector {

@@ -105,6 +105,10 @@ pub async fn run(
         .add_service(health)
         .add_service(PredictorGrpc::server(server.clone()))
         .add_service(V2Grpc::server(server.clone()));
+    let c = server.catalog.clone();
+    routes.add_service(evergreen_runtime::status::service("server", move || {
+        Ok(c.load().holdings())
+    }));
     tracing::info!(addr = %listener.local_addr()?, registry = %config.registry_url, "server listening (NOT_SERVING until models are loaded)");
     let served = evergreen_runtime::serve(
         &evergreen_runtime::DaemonConfig::shell(&*config),

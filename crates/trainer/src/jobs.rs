@@ -23,7 +23,7 @@ use crate::registry::{NewVersion, Registry};
 use crate::spec::{self, Gate, RawRequest, Recipe, S3Object, Source, TrainSpec};
 use crate::train::{self, Champion, GateOutcome, Inputs, Progress, Stage, PRODUCER};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum JobState {
     Queued,
     Running,
@@ -162,6 +162,43 @@ impl Jobs {
             Ok(None) => Err(TrainError::NotFound(format!("job {id:?} not found"))),
             Err(e) => Err(TrainError::Internal(e.to_string())),
         }
+    }
+
+    /// What `evergreen status` shows: jobs running, queued and done
+    /// (succeeded / failed / cancelled).
+    pub fn holdings(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let live: HashMap<String, JobState> = self
+            .live
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, l)| (id.clone(), l.tx.borrow().state))
+            .collect();
+        let mut counts: HashMap<JobState, u64> = HashMap::new();
+        for item in self.tree.iter() {
+            let (k, v) = item?;
+            let id = String::from_utf8_lossy(&k).into_owned();
+            let state = match live.get(&id) {
+                Some(s) => *s,
+                None => serde_json::from_slice::<JobRecord>(&v)?.state,
+            };
+            *counts.entry(state).or_default() += 1;
+        }
+        let n = |s| counts.get(&s).copied().unwrap_or(0);
+        Ok(vec![
+            ("running".into(), n(JobState::Running).to_string()),
+            ("queued".into(), n(JobState::Queued).to_string()),
+            (
+                "done".into(),
+                format!(
+                    "{} ({} succeeded, {} failed, {} cancelled)",
+                    n(JobState::Succeeded) + n(JobState::Failed) + n(JobState::Cancelled),
+                    n(JobState::Succeeded),
+                    n(JobState::Failed),
+                    n(JobState::Cancelled)
+                ),
+            ),
+        ])
     }
 
     /// Newest first.

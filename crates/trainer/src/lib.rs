@@ -50,6 +50,12 @@ pub async fn run(
     routes
         .add_service(health)
         .add_service(TrainerGrpc::server(jobs.clone()));
+    let j = std::sync::Arc::downgrade(&jobs); // weak: `run` waits for the last strong one
+    routes.add_service(evergreen_runtime::status::service("trainer", move || {
+        j.upgrade()
+            .ok_or_else(|| anyhow::anyhow!("stopping"))?
+            .holdings()
+    }));
     tracing::info!(addr = %listener.local_addr()?, registry = %config.registry_url, "trainer serving");
     let served = evergreen_runtime::serve(
         &evergreen_runtime::DaemonConfig::shell(&config),
