@@ -3,6 +3,7 @@
 mod archive;
 mod bad_input;
 mod closed_loop;
+mod config_reference;
 mod lifecycle;
 mod monitor;
 mod phaseout;

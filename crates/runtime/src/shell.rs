@@ -43,6 +43,7 @@ pub struct ClientConfig {
     pub ca: PathBuf,
     /// Client certificate and key for mutual TLS ("" = none).
     pub cert: PathBuf,
+    /// PEM private key of the client certificate.
     pub key: PathBuf,
     /// This daemon's own bearer token, from a file ("" = none) ...
     pub token_file: PathBuf,

@@ -31,7 +31,9 @@ pub mod testing;
 pub struct S3Config {
     /// e.g. `http://minio:9000`; empty = AWS.
     pub endpoint: String,
+    /// Region (any value for most S3-compatible servers).
     pub region: String,
+    /// Bucket name; empty = S3 not used.
     pub bucket: String,
     /// Prepended to every key (e.g. `evergreen/`).
     pub prefix: String,
@@ -41,6 +43,7 @@ pub struct S3Config {
     /// Static credentials; both empty = the standard AWS chain (env vars,
     /// profile, web identity, instance metadata).
     pub access_key_id: String,
+    /// Secret of `access_key_id`.
     pub secret_access_key: String,
     /// Multipart part size in MiB (≥ 5, S3's minimum).
     pub part_size_mib: u64,

@@ -21,6 +21,7 @@ pub struct ServerConfig {
     /// How this daemon calls the others (CA, client certificate, token).
     pub client: evergreen_runtime::ClientConfig,
     pub limits: evergreen_runtime::LimitsConfig,
+    /// The registry whose aliases are watched and whose artifacts are loaded.
     pub registry_url: String,
     /// Where prediction logs go; empty = no prediction log.
     pub monitor_url: String,
