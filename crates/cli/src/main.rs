@@ -971,6 +971,38 @@ async fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_cli_environment_variable_is_accepted_by_the_daemons() {
+        // A user who exports EVERGREEN_ACTOR (or any variable the CLI reads)
+        // must still be able to start a daemon from the same shell.
+        fn walk(cmd: &clap::Command, out: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if let Some(env) = arg.get_env() {
+                    out.push(env.to_string_lossy().into_owned());
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, out);
+            }
+        }
+        let mut vars = Vec::new();
+        walk(&<super::Cli as clap::CommandFactory>::command(), &mut vars);
+        assert!(
+            vars.iter().any(|v| v == "EVERGREEN_REGISTRY_URL"),
+            "{vars:?}"
+        );
+        for var in vars {
+            let key = var
+                .strip_prefix("EVERGREEN_")
+                .unwrap_or_else(|| panic!("{var}: CLI variables start with EVERGREEN_"))
+                .to_lowercase();
+            assert!(
+                key.contains("__") || evergreen_runtime::config::TOP_LEVEL_KEYS.contains(&key.as_str()),
+                "{var} is read by the CLI but a daemon would reject it: add `{key}` to evergreen_runtime::config::TOP_LEVEL_KEYS"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -17,8 +17,10 @@ use serde::Serialize;
 
 /// Top-level keys a stack config may hold. The daemon tables are validated by
 /// their owners; the rest are read by clients (`registry_url`) or by tracing
-/// (`log`).
-const TOP_LEVEL_KEYS: &[&str] = &[
+/// (`log`). Every `EVERGREEN_X` variable the CLI reads must be here, or a
+/// daemon started from the same shell would reject it as an unknown key (a
+/// CLI test checks this).
+pub const TOP_LEVEL_KEYS: &[&str] = &[
     "registry",
     "trainer",
     "server",
@@ -30,6 +32,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "trainer_url",
     "server_url",
     "monitor_url",
+    "actor",
 ];
 
 /// Where a daemon's configuration comes from, lowest precedence first.
