@@ -26,14 +26,28 @@ pub struct RegistryConfig {
     /// Largest artifact accepted, in bytes.
     pub max_artifact_bytes: u64,
     /// Artifacts up to this size are stored inside the database (one fsync
-    /// with the version record); larger ones go to `data_dir/artifacts`.
+    /// with the version record); larger ones go to `data_dir/artifacts`, or
+    /// to S3 when `artifacts.s3.bucket` is set.
     pub inline_artifact_bytes: u64,
+    pub artifacts: ArtifactsConfig,
     /// The monitor a phase-out asks whether the new version is healthy
     /// before each step; "" = no health check (steps advance on time).
     pub monitor_url: String,
     pub watch: WatchConfig,
     pub archive: ArchiveConfig,
     pub retention: crate::retention::RetentionConfig,
+}
+
+/// Where artifacts larger than `inline_artifact_bytes` live: S3 when
+/// `s3.bucket` is set (objects `<prefix>artifacts/sha256/<ab>/<sha256>`,
+/// shared by every reader of the bucket; the registry checks the bucket and
+/// credentials at start-up and refuses to start without them), else
+/// `data_dir/artifacts`. Servers still download through the registry.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArtifactsConfig {
+    /// The S3 artifact store; an empty `bucket` = the local directory.
+    pub s3: evergreen_s3::S3Config,
 }
 
 /// Where `Archive` puts retired versions: S3 when `s3.bucket` is set, else
@@ -71,6 +85,7 @@ impl Default for RegistryConfig {
             data_dir: PathBuf::from(".evergreen/registry"),
             max_artifact_bytes: 1 << 30,
             inline_artifact_bytes: 128 * 1024,
+            artifacts: ArtifactsConfig::default(),
             monitor_url: "http://127.0.0.1:7403".into(),
             watch: WatchConfig::default(),
             archive: ArchiveConfig::default(),
@@ -127,6 +142,10 @@ impl RegistryConfig {
                 "invalid registry.data_dir: expected a directory path, got an empty string"
             );
         }
+        self.artifacts
+            .s3
+            .validate("registry.artifacts.s3")
+            .map_err(|e| anyhow::anyhow!(e))?;
         self.archive
             .s3
             .validate("registry.archive.s3")

@@ -41,9 +41,14 @@ pub enum RegistryError {
     WatcherLagged { resume_from: u64 },
     #[error("registry is shutting down")]
     ShuttingDown,
-    /// A dependency (the archive's S3 endpoint) is down; retry later.
+    /// A dependency (an S3 endpoint) is down; retry later.
     #[error("{0}")]
     Unavailable(String),
+
+    /// Stored bytes are gone or corrupt (an artifact missing from its
+    /// store): nothing the caller can fix by retrying.
+    #[error("{0}")]
+    DataLoss(String),
 
     /// Disk or database failure: not the caller's fault.
     #[error("storage error: {0}")]
@@ -72,7 +77,12 @@ impl From<sled::Error> for RegistryError {
 
 impl From<std::io::Error> for RegistryError {
     fn from(e: std::io::Error) -> Self {
-        RegistryError::Storage(e.to_string())
+        // A reader of the artifact store may carry the domain error (an S3
+        // object gone mid-download is DataLoss, not a local disk error).
+        match e.get_ref().and_then(|i| i.downcast_ref::<RegistryError>()) {
+            Some(inner) => inner.clone(),
+            None => RegistryError::Storage(e.to_string()),
+        }
     }
 }
 

@@ -52,6 +52,7 @@ pub fn to_status(e: RegistryError) -> Status {
         | RegistryError::ShuttingDown
         | RegistryError::Unavailable(_) => Code::Unavailable,
 
+        RegistryError::DataLoss(_) => Code::DataLoss,
         RegistryError::Storage(_) => Code::Internal,
     };
     let mut status = Status::new(code, e.to_string());

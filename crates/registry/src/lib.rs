@@ -3,8 +3,8 @@
 //! Watch stream, on sled. Artifacts are opaque, content-addressed bytes.
 //!
 //! Code map: `store` (sled + the single writer), `watch` (fan-out to
-//! watchers), `artifacts` (content-addressed blobs), `service` (the
-//! operations), `archive` (archive to S3 or a directory, and restore),
+//! watchers), `artifacts` (content-addressed blobs: inline in sled, in a
+//! directory or in S3), `service` (the operations), `archive` (archive to S3 or a directory, and restore),
 //! `phaseout` (gradual phase-out schedules and their
 //! scheduler), `retention` (keep K active, archive after N seconds),
 //! `monitor` (its health checks), `grpc` (the tonic adapter),
@@ -49,18 +49,31 @@ pub async fn run(
             watch_buffer: config.watch.buffer,
         },
     )?);
-    let files = Arc::new(
+    let files =
         artifacts::LocalDirStore::open(&config.data_dir.join("artifacts")).with_context(|| {
             format!(
                 "cannot open artifact dir under {}",
                 config.data_dir.display()
             )
-        })?,
-    );
+        })?;
+    let large: Arc<dyn artifacts::ArtifactStore> = if config.artifacts.s3.enabled() {
+        let s3 = artifacts::S3ArtifactStore::connect(
+            &config.artifacts.s3,
+            "registry.artifacts.s3",
+            &config.data_dir.join("tmp"),
+            files,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+        tracing::info!(store = %config.artifacts.s3.uri("artifacts/"), "artifacts above inline_artifact_bytes go to S3");
+        Arc::new(s3)
+    } else {
+        Arc::new(files)
+    };
     let artifacts = Arc::new(artifacts::TieredStore::new(
         store.blobs(),
         config.inline_artifact_bytes as usize,
-        files,
+        large,
     ));
     let archiver = Arc::new(archive::Archiver::new(
         store.clone(),

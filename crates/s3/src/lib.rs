@@ -151,6 +151,35 @@ impl S3Error {
     }
 }
 
+impl S3Error {
+    /// The `S3Error` inside an `io::Error` from an [`ObjectReader`], if any.
+    pub fn of_io(e: &std::io::Error) -> Option<&S3Error> {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<S3Error>())
+    }
+}
+
+/// An object's body as `AsyncRead` (see [`S3Store::reader`]).
+pub struct ObjectReader {
+    inner: std::pin::Pin<Box<dyn tokio::io::AsyncBufRead + Send>>,
+    uri: String,
+}
+
+impl tokio::io::AsyncRead for ObjectReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match tokio::io::AsyncRead::poll_read(self.inner.as_mut(), cx, buf) {
+            std::task::Poll::Ready(Err(e)) => {
+                std::task::Poll::Ready(Err(std::io::Error::other(body_error(self.uri.clone(), e))))
+            }
+            other => other,
+        }
+    }
+}
+
 /// Size and sha256 of what was moved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transferred {
@@ -456,6 +485,19 @@ impl S3Store {
             .await
             .map_err(|e| self.classify("download", key, e))?;
         Ok(resp.body)
+    }
+
+    /// Opens an object for a streaming read (GetObject); nothing is
+    /// buffered beyond what the caller reads. A failure before the body
+    /// starts is the `S3Error`; one while reading it is an `io::Error`
+    /// carrying an `S3Error` (`Corrupt` when the SDK's checksum check fails,
+    /// `Other` for a broken transfer) — see [`S3Error::of_io`].
+    pub async fn reader(&self, key: &str) -> Result<ObjectReader, S3Error> {
+        let body = self.body(key).await?;
+        Ok(ObjectReader {
+            inner: Box::pin(body.into_async_read()),
+            uri: self.config.uri(key),
+        })
     }
 
     /// Downloads a small object into memory.
