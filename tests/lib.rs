@@ -15,6 +15,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+/// Every sandbox daemon serves metrics on a port of its own.
+const METRICS: &str = "127.0.0.1:0";
+
 /// A running registry, and a trainer when asked for.
 pub struct Sandbox {
     pub registry_addr: SocketAddr,
@@ -105,6 +108,7 @@ impl SandboxBuilder {
             .as_ref()
             .map(|l| l.local_addr().expect("bound"));
         let mut config = RegistryConfig {
+            metrics_listen: METRICS.into(),
             data_dir: dir.path().join("registry"),
             // No monitor in the sandbox: no health checks.
             monitor_url: monitor_addr
@@ -118,6 +122,7 @@ impl SandboxBuilder {
         let data_dir = config.data_dir.clone();
         let trainer_config = self.trainer.then(|| {
             let mut c = TrainerConfig {
+                metrics_listen: METRICS.into(),
                 data_dir: dir.path().join("trainer"),
                 ..Default::default()
             };
@@ -128,6 +133,7 @@ impl SandboxBuilder {
         });
         let monitor_config = self.monitor.map(|f| {
             let mut c = evergreen_monitor::MonitorConfig {
+                metrics_listen: METRICS.into(),
                 data_dir: dir.path().join("monitor"),
                 ..Default::default()
             };
@@ -135,7 +141,10 @@ impl SandboxBuilder {
             c
         });
         let server_config = self.server.map(|f| {
-            let mut c = ServerConfig::default();
+            let mut c = ServerConfig {
+                metrics_listen: METRICS.into(),
+                ..Default::default()
+            };
             f(&mut c);
             c
         });
@@ -391,6 +400,24 @@ impl Sandbox {
         self.boot().await;
     }
 
+    /// The metrics endpoint of the daemon serving gRPC on `grpc`.
+    pub async fn metrics_addr(&self, grpc: SocketAddr) -> SocketAddr {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            evergreen_runtime::metrics_addr(grpc),
+        )
+        .await
+        .expect("the metrics endpoint is bound within 10 s")
+        .expect("the daemon serves metrics")
+    }
+
+    /// `/metrics` of the daemon serving gRPC on `grpc`.
+    pub async fn scrape(&self, grpc: SocketAddr) -> String {
+        let (code, body) = http_get(self.metrics_addr(grpc).await, "/metrics").await;
+        assert_eq!(code, 200, "{body}");
+        body
+    }
+
     /// Whether the registry task is still running (it must survive bad input).
     pub fn is_running(&self) -> bool {
         self.task.as_ref().is_some_and(|t| !t.is_finished())
@@ -414,6 +441,36 @@ impl Drop for Sandbox {
         }
         let _ = self.dir.take();
     }
+}
+
+/// A plain HTTP/1.0 GET: (status code, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    (code, body.to_string())
+}
+
+/// The value of one sample (`name{labels}` exactly as rendered, or a bare
+/// name) in a Prometheus text page.
+pub fn metric(page: &str, series: &str) -> Option<f64> {
+    page.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// A stand-in monitor that records the prediction log it receives, to

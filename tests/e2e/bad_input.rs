@@ -299,6 +299,7 @@ async fn watch_from_a_future_revision_is_out_of_range() {
 async fn a_corrupt_or_foreign_data_dir_fails_start_with_one_clear_line() {
     async fn start_on(dir: &std::path::Path) -> String {
         let config = evergreen_registry::RegistryConfig {
+            metrics_listen: String::new(),
             data_dir: dir.to_path_buf(),
             ..Default::default()
         };

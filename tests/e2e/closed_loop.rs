@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use evergreen_e2e::{dataset, Sandbox};
+use evergreen_e2e::{dataset, metric, Sandbox};
 use evergreen_proto::v1::{
     train_event, value, Feedback, GetModelRequest, GetReportRequest, HistoryRequest,
     ListSignalsRequest, Policy, PredictRequest, RecordFeedbackRequest, Report, Row,
@@ -424,6 +424,18 @@ async fn drift_with_labels_retrains_and_a_bad_promotion_is_rolled_back() {
         [SignalKind::Retrain as i32, SignalKind::Rollback as i32],
         "{all:#?}"
     );
+    // And /metrics counts them by kind.
+    let page = sb.scrape(sb.monitor_addr.unwrap()).await;
+    for kind in ["RETRAIN", "ROLLBACK"] {
+        assert_eq!(
+            metric(
+                &page,
+                &format!("evergreen_monitor_signals_total{{kind=\"{kind}\"}}")
+            ),
+            Some(1.0),
+            "{page}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ mod closed_loop;
 mod config_reference;
 mod lifecycle;
 mod monitor;
+mod ops;
 mod phaseout;
 mod platform;
 mod server;

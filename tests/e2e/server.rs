@@ -962,6 +962,7 @@ async fn not_serving_until_the_registry_is_reachable_and_the_catalog_loaded() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server_addr = listener.local_addr().unwrap();
     let config = evergreen_server::ServerConfig {
+        metrics_listen: String::new(),
         registry_url: format!("http://{reg_addr}"),
         ..Default::default()
     };
@@ -993,6 +994,7 @@ async fn not_serving_until_the_registry_is_reachable_and_the_catalog_loaded() {
     // The registry comes up: the server lists it and reports SERVING.
     let rl = tokio::net::TcpListener::bind(reg_addr).await.unwrap();
     let rc = evergreen_registry::RegistryConfig {
+        metrics_listen: String::new(),
         data_dir: dir.path().join("r"),
         ..Default::default()
     };

@@ -30,6 +30,7 @@ async fn stack() -> Stack {
     let registry = format!("http://{}", rl.local_addr().unwrap());
     let trainer = format!("http://{}", tl.local_addr().unwrap());
     let rc = evergreen_registry::RegistryConfig {
+        metrics_listen: String::new(),
         data_dir: dir.path().join("r"),
         // No monitor here: the manifest says so instead of asking one.
         monitor_url: String::new(),
@@ -37,6 +38,7 @@ async fn stack() -> Stack {
     };
     let archive_dir = rc.archive_dir();
     let tc = evergreen_trainer::TrainerConfig {
+        metrics_listen: String::new(),
         data_dir: dir.path().join("t"),
         registry_url: registry.clone(),
         ..Default::default()

@@ -37,15 +37,18 @@ async fn stack() -> Stack {
     let (ml, monitor) = bind().await;
     let (sl, server) = bind().await;
     let rc = evergreen_registry::RegistryConfig {
+        metrics_listen: String::new(),
         data_dir: dir.path().join("r"),
         ..Default::default()
     };
     let tc = evergreen_trainer::TrainerConfig {
+        metrics_listen: String::new(),
         data_dir: dir.path().join("t"),
         registry_url: registry.clone(),
         ..Default::default()
     };
     let mc = evergreen_monitor::MonitorConfig {
+        metrics_listen: String::new(),
         data_dir: dir.path().join("m"),
         registry_url: registry.clone(),
         trainer_url: trainer.clone(),
@@ -54,6 +57,7 @@ async fn stack() -> Stack {
         ..Default::default()
     };
     let mut sc = evergreen_server::ServerConfig {
+        metrics_listen: String::new(),
         registry_url: registry.clone(),
         monitor_url: monitor.clone(),
         ..Default::default()

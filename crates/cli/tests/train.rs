@@ -24,10 +24,12 @@ async fn stack() -> Stack {
     let registry = format!("http://{}", rl.local_addr().unwrap());
     let trainer = format!("http://{}", tl.local_addr().unwrap());
     let rc = evergreen_registry::RegistryConfig {
+        metrics_listen: String::new(),
         data_dir: dir.path().join("r"),
         ..Default::default()
     };
     let tc = evergreen_trainer::TrainerConfig {
+        metrics_listen: String::new(),
         data_dir: dir.path().join("t"),
         registry_url: registry.clone(),
         ..Default::default()
@@ -170,6 +172,7 @@ async fn predict_served_rollback_and_policy_from_the_cli() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = format!("http://{}", listener.local_addr().unwrap());
     let sc = evergreen_server::ServerConfig {
+        metrics_listen: String::new(),
         registry_url: s.registry.clone(),
         ..Default::default()
     };

@@ -390,6 +390,11 @@ impl Monitor {
             "{}",
             signal.reason
         );
+        self.metrics.signal(
+            pb::SignalKind::try_from(signal.kind)
+                .map(|k| k.short_name())
+                .unwrap_or("UNKNOWN"),
+        );
         let _ = self.signals.send(signal);
     }
 }

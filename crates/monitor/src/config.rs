@@ -16,6 +16,10 @@ pub struct MonitorConfig {
     pub insecure: bool,
     /// After SIGTERM, in-flight calls get this long to finish.
     pub shutdown_grace_seconds: u64,
+    /// After SIGTERM, health says NOT_SERVING and calls are still accepted
+    /// this long (so load balancers stop sending) before the listener
+    /// closes; part of the grace period.
+    pub shutdown_delay_ms: u64,
     pub tls: evergreen_runtime::TlsConfig,
     pub auth: evergreen_runtime::AuthConfig,
     /// How this daemon calls the others (CA, client certificate, token).
@@ -54,10 +58,11 @@ impl Default for MonitorConfig {
             metrics_listen: evergreen_runtime::shell::default_metrics_listen(7403),
             insecure: false,
             shutdown_grace_seconds: evergreen_runtime::shell::DEFAULT_GRACE_SECONDS,
+            shutdown_delay_ms: 0,
             tls: Default::default(),
             auth: Default::default(),
             client: Default::default(),
-            limits: Default::default(),
+            limits: evergreen_runtime::LimitsConfig::with_max_message_bytes(64 << 20),
             registry_url: "http://127.0.0.1:7400".into(),
             trainer_url: "http://127.0.0.1:7401".into(),
             data_dir: PathBuf::from(".evergreen/monitor"),

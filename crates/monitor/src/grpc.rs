@@ -126,7 +126,8 @@ pub struct MonitorGrpc {
 
 impl MonitorGrpc {
     pub fn server(monitor: Arc<Monitor>) -> MonitorServer<Self> {
-        MonitorServer::new(MonitorGrpc { monitor }).max_decoding_message_size(64 << 20)
+        let limit = monitor.config.limits.max_message_bytes;
+        MonitorServer::new(MonitorGrpc { monitor }).max_decoding_message_size(limit)
     }
 }
 
@@ -149,6 +150,8 @@ impl MonitorApi for MonitorGrpc {
             };
             let Some(batch) = batch else { break };
             let r = self.monitor.ingest(&batch.records, batch.dropped).await;
+            self.monitor.metrics.records("accepted", r.accepted);
+            self.monitor.metrics.records("skipped", r.skipped);
             accepted += r.accepted;
         }
         Ok(Response::new(pb::LogPredictionsResponse { accepted }))
@@ -170,6 +173,11 @@ impl MonitorApi for MonitorGrpc {
             )));
         }
         let o = self.monitor.feedback(&r.feedback);
+        let m = &self.monitor.metrics;
+        m.feedback("matched", o.matched);
+        m.feedback("unknown", o.unknown);
+        m.feedback("expired", o.expired);
+        m.feedback("invalid", o.invalid);
         Ok(Response::new(pb::RecordFeedbackResponse {
             matched: o.matched,
             unknown: o.unknown,

@@ -15,6 +15,7 @@ pub mod actions;
 pub mod config;
 pub mod drift;
 pub mod grpc;
+pub mod metrics;
 pub mod perf;
 pub mod policy;
 pub mod service;
@@ -61,6 +62,7 @@ pub async fn run(
     let monitor = Arc::new(service::Monitor::open(
         config, registry, trainer, actions_tx,
     )?);
+    metrics::register(&shell.metrics, &monitor);
 
     // One action at a time, in the order the breaches were found.
     let m = monitor.clone();
@@ -86,14 +88,12 @@ pub async fn run(
         }
     });
 
-    let (health_reporter, health) = evergreen_runtime::tonic_health::server::health_reporter();
-    health_reporter
+    shell
+        .health
         .set_serving::<MonitorServer<MonitorGrpc>>()
         .await;
     let mut routes = RoutesBuilder::default();
-    routes
-        .add_service(health)
-        .add_service(MonitorGrpc::server(monitor.clone()));
+    routes.add_service(MonitorGrpc::server(monitor.clone()));
     let m = Arc::downgrade(&monitor); // weak: the database closes when `run` ends
     routes.add_service(evergreen_runtime::status::service("monitor", move || {
         Ok(m.upgrade()

@@ -190,6 +190,8 @@ pub struct Monitor {
     /// Breaches due a signal, to the action task (one at a time).
     pub(crate) actions: tokio::sync::mpsc::UnboundedSender<crate::actions::Candidate>,
     loading: AsyncMutex<()>,
+    /// Counters for `/metrics` (registered by `run`).
+    pub metrics: crate::metrics::MonitorMetrics,
 }
 
 /// One feature's line of a report.
@@ -340,6 +342,7 @@ impl Monitor {
             signals,
             stopping: tokio::sync::watch::channel(false).0,
             actions,
+            metrics: Default::default(),
 
             loading: AsyncMutex::new(()),
         })

@@ -128,3 +128,15 @@ mod tests {
         assert_eq!(EventKind::AliasSet.short_name(), "ALIAS_SET");
     }
 }
+
+/// Calls that stay open as long as the caller wants (watches, the
+/// prediction log, a training job's progress). Each daemon caps how many
+/// are open at once (`limits.max_concurrent_streams`).
+pub const LONG_LIVED_CALLS: &[&str] = &[
+    "/evergreen.v1.Registry/Watch",
+    "/evergreen.v1.Monitor/WatchSignals",
+    "/evergreen.v1.Monitor/LogPredictions",
+    "/evergreen.v1.Trainer/Train",
+    "/evergreen.v1.Trainer/WatchJob",
+    "/grpc.health.v1.Health/Watch",
+];

@@ -61,6 +61,7 @@ async fn main() {
     let s3 = TestS3::start(&dir.path().join("s3")).await;
     s3.create_bucket("archive");
     let config = RegistryConfig {
+        metrics_listen: String::new(),
         data_dir: dir.path().join("registry"),
         max_artifact_bytes: 1 << 40,
         monitor_url: String::new(),

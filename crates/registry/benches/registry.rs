@@ -233,6 +233,7 @@ fn main() {
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let config = RegistryConfig {
+            metrics_listen: String::new(),
             data_dir: dir.path().join("registry"),
             ..Default::default()
         };

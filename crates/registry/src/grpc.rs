@@ -91,16 +91,20 @@ pub struct RegistryGrpc {
 }
 
 impl RegistryGrpc {
+    /// `max_message_bytes`: `registry.limits.max_message_bytes` (artifacts
+    /// arrive in chunks, so one message stays small).
     pub fn server(
         registry: Arc<Registry>,
         phaseouts: Arc<Phaseouts>,
         archiver: Arc<Archiver>,
+        max_message_bytes: usize,
     ) -> RegistryServer<Self> {
         RegistryServer::new(Self {
             registry,
             phaseouts,
             archiver,
         })
+        .max_decoding_message_size(max_message_bytes)
     }
 }
 

@@ -16,6 +16,7 @@ pub mod artifacts;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod monitor;
 pub mod names;
 pub mod phaseout;
@@ -42,6 +43,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    let shell = evergreen_runtime::DaemonConfig::shell(&config);
     let store = Arc::new(store::Store::open(
         &config.data_dir,
         store::StoreOptions {
@@ -102,15 +104,17 @@ pub async fn run(
     ));
     let retention = tokio::spawn(retention.run(stopped));
 
-    let (health_reporter, health) = evergreen_runtime::tonic_health::server::health_reporter();
-    health_reporter
+    metrics::register(&shell.metrics, &store);
+    shell
+        .health
         .set_serving::<RegistryServer<RegistryGrpc>>()
         .await;
     let mut routes = RoutesBuilder::default();
-    routes.add_service(health).add_service(RegistryGrpc::server(
+    routes.add_service(RegistryGrpc::server(
         registry.clone(),
         phaseouts,
         archiver,
+        shell.limits.max_message_bytes,
     ));
     let r = Arc::downgrade(&registry); // weak: the store closes when `run` ends
     routes.add_service(evergreen_runtime::status::service("registry", move || {
@@ -126,13 +130,7 @@ pub async fn run(
         hub.close(); // ends watch streams so the drain can finish
     };
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "registry serving");
-    let served = evergreen_runtime::serve(
-        &evergreen_runtime::DaemonConfig::shell(&config),
-        listener,
-        routes,
-        signal,
-    )
-    .await;
+    let served = evergreen_runtime::serve(&shell, listener, routes, signal).await;
     let _ = stop_scheduler.send(true);
     if let Err(e) = retention.await {
         tracing::error!(error = %e, "the retention task panicked");

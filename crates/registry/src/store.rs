@@ -469,6 +469,17 @@ impl Reader {
             .collect()
     }
 
+    /// (models, versions by status), for `/metrics`: one pass over the
+    /// versions tree.
+    pub fn counts(&self) -> Result<(usize, std::collections::BTreeMap<&'static str, u64>)> {
+        let mut by_status = std::collections::BTreeMap::new();
+        for b in self.trees.versions.iter().values() {
+            let v: ModelVersion = decode(&b?, "version")?;
+            *by_status.entry(status_name(v.status())).or_insert(0) += 1;
+        }
+        Ok((self.trees.models.len(), by_status))
+    }
+
     /// Resolves `spec` to (model record, version number).
     pub fn resolve(&self, spec: &VersionSpec) -> Result<(Model, u64)> {
         let model = self.get_model(&spec.model)?;

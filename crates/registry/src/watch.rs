@@ -12,6 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use evergreen_proto::v1::Event;
+use evergreen_runtime::metrics::prometheus_client::metrics::counter::Counter;
+use evergreen_runtime::metrics::prometheus_client::metrics::family::Family;
+use evergreen_runtime::metrics::Labels;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::error::{RegistryError, Result};
@@ -19,6 +22,8 @@ use crate::store::Reader;
 
 pub struct Hub {
     ring: broadcast::Sender<Arc<Event>>,
+    /// Events published, by kind (for `/metrics`).
+    pub events: Family<Labels, Counter>,
     published: AtomicU64,
     compacted: AtomicU64,
     closed: AtomicBool,
@@ -29,6 +34,7 @@ impl Hub {
     pub fn new(revision: u64, compacted: u64, buffer: usize) -> Self {
         Self {
             ring: broadcast::channel(buffer.max(1)).0,
+            events: Family::default(),
             published: AtomicU64::new(revision),
             compacted: AtomicU64::new(compacted),
             closed: AtomicBool::new(false),
@@ -54,8 +60,19 @@ impl Hub {
         self.compacted
             .store(last.saturating_sub(history), Ordering::Release);
         for e in events {
+            let kind = evergreen_proto::v1::EventKind::try_from(e.kind)
+                .map(|k| k.short_name())
+                .unwrap_or("UNKNOWN");
+            self.events
+                .get_or_create(&vec![("kind", kind.to_string())])
+                .inc();
             let _ = self.ring.send(Arc::new(e)); // Err = no watchers
         }
+    }
+
+    /// Watch streams following the ring now.
+    pub fn watchers(&self) -> usize {
+        self.ring.receiver_count()
     }
 
     /// Ends every watch stream (daemon shutdown).

@@ -23,6 +23,7 @@ fn spawn(data_dir: &Path) -> (Child, String) {
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("EVERGREEN_LOG", "warn")
+        .env("EVERGREEN_REGISTRY__METRICS_LISTEN", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -168,6 +169,7 @@ async fn every_acknowledged_version_survives_kill_9_with_gapless_unique_numbers(
 fn fails(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let out = Command::new(BIN)
         .args(args)
+        .env("EVERGREEN_REGISTRY__METRICS_LISTEN", "")
         .envs(env.iter().copied())
         .env("EVERGREEN_LOG", "error")
         .output()

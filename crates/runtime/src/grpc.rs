@@ -1,7 +1,11 @@
 //! Serving a daemon's gRPC routes together with the standard
-//! `grpc.health.v1.Health` and server reflection (v1 and v1alpha).
+//! `grpc.health.v1.Health` and server reflection (v1 and v1alpha), behind
+//! the per-call layer of [`crate::rpc`] (metrics, request span, limits),
+//! with the metrics endpoint of [`crate::metrics`] alongside and the
+//! shutdown sequence of [`crate::drain`].
 
 use std::future::Future;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -9,9 +13,9 @@ use tonic::service::RoutesBuilder;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
-/// Serves `routes` (the daemon's own services plus its health service) and
-/// reflection on `listener` until `shutdown` resolves, then drains in-flight
-/// calls and returns.
+/// Serves `routes` (the daemon's own services), `shell.health`'s health
+/// service and reflection on `listener` until `shutdown` resolves, then
+/// drains (see [`crate::drain`]) and returns.
 pub async fn serve(
     shell: &crate::Shell,
     listener: TcpListener,
@@ -29,11 +33,43 @@ pub async fn serve(
         .build_v1alpha()
         .context("building reflection v1alpha")?;
     routes.add_service(v1).add_service(v1alpha);
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    Server::builder()
+    shell.health.add_to(&mut routes);
+
+    let grpc_addr = listener.local_addr()?;
+    let _metrics = crate::metrics::start(shell, grpc_addr).await?;
+    let drain = crate::drain::Drain::new(shell);
+    let incoming = drain.incoming(TcpIncoming::from(listener).with_nodelay(Some(true)));
+    let (began_tx, began_rx) = tokio::sync::oneshot::channel();
+    let health = shell.health.clone();
+    let delay = Duration::from_millis(shell.shutdown_delay_ms);
+    let name = shell.name;
+    let signal = async move {
+        shutdown.await;
+        let _ = began_tx.send(tokio::time::Instant::now());
+        health.drain().await;
+        tracing::info!(
+            daemon = name,
+            delay_ms = delay.as_millis() as u64,
+            "shutting down: health is NOT_SERVING"
+        );
+        tokio::time::sleep(delay).await;
+        health.close_watches().await;
+        tracing::info!(
+            daemon = name,
+            "listener closed; waiting for in-flight calls"
+        );
+    };
+    let server = Server::builder()
         .max_concurrent_streams(shell.limits.max_concurrent_streams)
+        .layer(crate::rpc::RpcLayer::new(shell))
         .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .context("grpc server failed")
+        .serve_with_incoming_shutdown(incoming, signal);
+    let began = async move {
+        match began_rx.await {
+            Ok(t) => t,
+            // The server ended without a signal: nothing to time.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    drain.run(server, began).await.context("grpc server failed")
 }

@@ -2,13 +2,18 @@
 //!
 //! Every daemon (registry, trainer, server, monitor) shares the same outer
 //! shell: layered configuration, tracing, the standard gRPC health and
-//! reflection services, and graceful shutdown on SIGTERM/SIGINT. That shell
+//! reflection services, Prometheus metrics, limits, and graceful shutdown
+//! on SIGTERM/SIGINT. That shell
 //! lives here so each daemon's crate holds only its own domain. No domain code
 //! belongs in this crate.
 
 pub mod config;
 pub mod daemon;
+pub mod drain;
 pub mod grpc;
+pub mod health;
+pub mod metrics;
+pub mod rpc;
 pub mod shell;
 pub mod status;
 pub mod telemetry;
@@ -16,6 +21,8 @@ pub mod telemetry;
 pub use config::{load_config, ConfigSources};
 pub use daemon::{daemon_main, DaemonConfig, Shutdown};
 pub use grpc::serve;
+pub use health::Health;
+pub use metrics::{metrics_addr, Metrics};
 pub use shell::{AuthConfig, ClientConfig, LimitsConfig, Shell, TlsConfig};
 pub use telemetry::init_tracing;
 pub use {tonic_health, tonic_reflection};

@@ -9,6 +9,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::health::Health;
+use crate::metrics::Metrics;
+
 /// Server-side TLS (rustls). Empty `cert` = plaintext.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -51,13 +54,19 @@ pub struct ClientConfig {
     pub token: String,
 }
 
-/// Limits, each with a clear error when hit.
+/// Limits, each with a clear error when hit (RESOURCE_EXHAUSTED naming the
+/// key).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Largest gRPC message received, in bytes.
+    /// Largest gRPC request message, in bytes (each message of a stream
+    /// counts alone). Defaults: registry 16 MiB (artifacts arrive in 1 MiB
+    /// chunks), trainer 256 MiB (a retrain's labeled rows), server and
+    /// monitor 64 MiB.
     pub max_message_bytes: usize,
-    /// Concurrent HTTP/2 streams (in-flight calls) per connection.
+    /// Concurrent HTTP/2 streams (in-flight calls) per connection, and
+    /// long-lived streams (Watch, WatchSignals, LogPredictions, Train,
+    /// WatchJob, health Watch) open at once on the daemon.
     pub max_concurrent_streams: u32,
 }
 
@@ -70,7 +79,21 @@ impl Default for LimitsConfig {
     }
 }
 
-/// Everything [`crate::serve`] needs besides the routes.
+impl LimitsConfig {
+    /// The defaults with another message size limit.
+    pub fn with_max_message_bytes(max_message_bytes: usize) -> Self {
+        Self {
+            max_message_bytes,
+            ..Self::default()
+        }
+    }
+}
+
+/// Everything [`crate::serve`] needs besides the routes: the shared keys,
+/// plus the daemon's live [`Health`] and [`Metrics`]. Make it once per
+/// `run` (`DaemonConfig::shell`), hand `metrics` to the daemon's parts
+/// that count things, set service statuses on `health`, then pass it to
+/// `serve` (which adds the health service to the routes).
 #[derive(Debug, Clone)]
 pub struct Shell {
     /// "registry", "trainer", "server" or "monitor".
@@ -82,9 +105,16 @@ pub struct Shell {
     pub insecure: bool,
     /// In-flight calls get this long to finish after SIGTERM.
     pub shutdown_grace_seconds: u64,
+    /// After SIGTERM, how long the daemon keeps accepting calls while
+    /// health says NOT_SERVING, before it closes its listener.
+    pub shutdown_delay_ms: u64,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    /// gRPC health and `/readyz`.
+    pub health: Health,
+    /// This daemon's metrics registry.
+    pub metrics: Metrics,
 }
 
 /// Default shutdown grace period.
@@ -98,7 +128,8 @@ pub fn default_metrics_listen(grpc_port: u16) -> String {
 
 /// Implements [`crate::DaemonConfig::shell`] for a config struct that has
 /// the shared fields (`listen`, `metrics_listen`, `insecure`,
-/// `shutdown_grace_seconds`, `tls`, `auth`, `limits`).
+/// `shutdown_grace_seconds`, `shutdown_delay_ms`, `tls`, `auth`, `limits`).
+/// Each call makes a new health state and metrics registry.
 #[macro_export]
 macro_rules! shell_of {
     ($name:literal, $cfg:expr) => {
@@ -108,9 +139,12 @@ macro_rules! shell_of {
             metrics_listen: $cfg.metrics_listen.clone(),
             insecure: $cfg.insecure,
             shutdown_grace_seconds: $cfg.shutdown_grace_seconds,
+            shutdown_delay_ms: $cfg.shutdown_delay_ms,
             tls: $cfg.tls.clone(),
             auth: $cfg.auth.clone(),
             limits: $cfg.limits.clone(),
+            health: $crate::Health::new(),
+            metrics: $crate::Metrics::new($name),
         }
     };
 }

@@ -142,6 +142,7 @@ fn start_server(registry: &str) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_evergreen-server"))
         .args(["--listen", "127.0.0.1:0", "--registry", registry])
         .env("EVERGREEN_LOG", "warn")
+        .env("EVERGREEN_SERVER__METRICS_LISTEN", "")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -267,6 +268,7 @@ async fn bench() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let registry = format!("http://{}", listener.local_addr().unwrap());
     let config = evergreen_registry::RegistryConfig {
+        metrics_listen: String::new(),
         data_dir: dir.path().join("registry"),
         ..Default::default()
     };

@@ -110,7 +110,8 @@ pub struct PredictorGrpc {
 
 impl PredictorGrpc {
     pub fn server(server: Arc<Server>) -> PredictorServer<Self> {
-        PredictorServer::new(PredictorGrpc { server }).max_decoding_message_size(64 << 20)
+        let limit = server.config.limits.max_message_bytes;
+        PredictorServer::new(PredictorGrpc { server }).max_decoding_message_size(limit)
     }
 }
 

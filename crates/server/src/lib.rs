@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod log;
+pub mod metrics;
 pub mod serve;
 pub mod syncer;
 pub mod v2;
@@ -51,6 +52,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    let shell = evergreen_runtime::DaemonConfig::shell(&config);
     let config = Arc::new(config);
     let catalog = Arc::new(ArcSwap::from_pointee(catalog::Catalog::default()));
     let registry = lazy_channel(&config.registry_url, "registry_url")?;
@@ -64,16 +66,23 @@ pub async fn run(
     };
     let (on_demand_tx, on_demand_rx) = mpsc::channel(64);
     let (ready_tx, mut ready_rx) = watch::channel(false);
-    let syncer = syncer::Syncer::new(registry, catalog.clone(), config.clone(), ready_tx);
+    let syncer = syncer::Syncer::new(
+        registry,
+        catalog.clone(),
+        config.clone(),
+        ready_tx,
+        metrics::SyncMetrics::register(&shell.metrics),
+    );
     let sync_task = tokio::spawn(syncer.run(on_demand_rx));
     let server = Arc::new(serve::Server::new(
-        catalog,
+        catalog.clone(),
         config.clone(),
         on_demand_tx,
         log,
     ));
+    metrics::register_state(&shell.metrics, catalog, &server);
 
-    let (health_reporter, health) = evergreen_runtime::tonic_health::server::health_reporter();
+    let health_reporter = shell.health.clone();
     health_reporter
         .set_not_serving::<PredictorServer<PredictorGrpc>>()
         .await;
@@ -102,7 +111,6 @@ pub async fn run(
 
     let mut routes = RoutesBuilder::default();
     routes
-        .add_service(health)
         .add_service(PredictorGrpc::server(server.clone()))
         .add_service(V2Grpc::server(server.clone()));
     let c = server.catalog.clone();
@@ -110,13 +118,7 @@ pub async fn run(
         Ok(c.load().holdings())
     }));
     tracing::info!(addr = %listener.local_addr()?, registry = %config.registry_url, "server listening (NOT_SERVING until models are loaded)");
-    let served = evergreen_runtime::serve(
-        &evergreen_runtime::DaemonConfig::shell(&*config),
-        listener,
-        routes,
-        shutdown,
-    )
-    .await;
+    let served = evergreen_runtime::serve(&shell, listener, routes, shutdown).await;
     drop(server); // closes the on-demand channel: the syncer stops
     sync_task.abort();
     tracing::info!("server stopped");

@@ -43,6 +43,7 @@ pub struct Syncer {
     /// On-demand versions, oldest first.
     extras: VecDeque<(String, u64)>,
     ready: watch::Sender<bool>,
+    metrics: crate::metrics::SyncMetrics,
 }
 
 type Result<T, E = tonic::Status> = std::result::Result<T, E>;
@@ -88,6 +89,7 @@ impl Syncer {
         catalog: Arc<ArcSwap<Catalog>>,
         config: Arc<ServerConfig>,
         ready: watch::Sender<bool>,
+        metrics: crate::metrics::SyncMetrics,
     ) -> Self {
         Syncer {
             client: RegistryClient::new(channel),
@@ -95,6 +97,7 @@ impl Syncer {
             config,
             extras: VecDeque::new(),
             ready,
+            metrics,
         }
     }
 
@@ -425,6 +428,7 @@ impl Syncer {
                 }
                 Err(e) => {
                     tracing::error!(model = %name, version = v, error = %e, "version failed to load; not serving it");
+                    self.metrics.load_failed(&name);
                     failures.push(Failure {
                         version: v,
                         error: e,
@@ -454,6 +458,13 @@ impl Syncer {
                 tracing::warn!(model = %name, alias = %a, target, serving = prev, "alias target not loadable; previous version keeps serving");
                 loaded.insert(prev, l);
                 routes.insert(a.clone(), prev);
+            }
+        }
+        if let Some(o) = &old {
+            for (a, v) in &routes {
+                if o.routes.get(a).is_some_and(|p| p != v) {
+                    self.metrics.swapped(&name, a);
+                }
             }
         }
         ModelEntry {

@@ -360,7 +360,8 @@ pub struct V2Grpc {
 
 impl V2Grpc {
     pub fn server(server: Arc<Server>) -> GrpcInferenceServiceServer<Self> {
-        GrpcInferenceServiceServer::new(V2Grpc { server }).max_decoding_message_size(64 << 20)
+        let limit = server.config.limits.max_message_bytes;
+        GrpcInferenceServiceServer::new(V2Grpc { server }).max_decoding_message_size(limit)
     }
 
     fn peek(&self, name: &str, version: &str) -> Option<Route> {

@@ -209,9 +209,10 @@ pub struct TrainerGrpc {
 type EventStream = Pin<Box<dyn Stream<Item = Result<TrainEvent, Status>> + Send>>;
 
 impl TrainerGrpc {
-    pub fn server(jobs: Arc<Jobs>) -> TrainerServer<Self> {
-        // Retrain carries labeled rows (up to a million).
-        TrainerServer::new(TrainerGrpc { jobs }).max_decoding_message_size(256 << 20)
+    /// `max_message_bytes`: `trainer.limits.max_message_bytes` (a Retrain
+    /// carries labeled rows, up to a million: 256 MiB by default).
+    pub fn server(jobs: Arc<Jobs>, max_message_bytes: usize) -> TrainerServer<Self> {
+        TrainerServer::new(TrainerGrpc { jobs }).max_decoding_message_size(max_message_bytes)
     }
 
     /// Streams a job's progress, then its end: the finished job, or the

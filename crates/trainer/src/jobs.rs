@@ -83,6 +83,8 @@ pub struct Jobs {
     s3: evergreen_s3::S3Config,
     /// One client per bucket, made on first use.
     s3_clients: Mutex<HashMap<String, evergreen_s3::S3Store>>,
+    /// Counters for `/metrics` (registered by `run`).
+    pub metrics: crate::metrics::JobMetrics,
 }
 
 /// What `Retrain` asks for.
@@ -105,6 +107,16 @@ fn now_ms() -> i64 {
 }
 
 impl Jobs {
+    /// Jobs (queued, running) now.
+    pub fn live_counts(&self) -> (usize, usize) {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let running = live
+            .values()
+            .filter(|l| l.tx.borrow().state == JobState::Running)
+            .count();
+        (live.len() - running, running)
+    }
+
     /// Opens the job database; jobs interrupted by a stop become FAILED.
     pub fn open(
         dir: &Path,
@@ -137,6 +149,7 @@ impl Jobs {
             registry,
             s3,
             s3_clients: Mutex::new(HashMap::new()),
+            metrics: Default::default(),
         }))
     }
 
@@ -538,6 +551,8 @@ impl Jobs {
                 );
             }
             tracing::info!(job = %job.id, state = ?job.state, version = job.version, error = %job.error, "training job ended");
+            jobs.metrics
+                .finished(job.state, job.started.map(|t| t.elapsed().as_secs_f64()));
             jobs.save(&job);
             jobs.live.lock().unwrap().remove(&job.id);
             let _ = tx.send(job);

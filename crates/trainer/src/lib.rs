@@ -15,6 +15,7 @@ pub mod error;
 pub mod grpc;
 pub mod jobs;
 pub mod labeled;
+pub mod metrics;
 pub mod registry;
 pub mod spec;
 pub mod train;
@@ -35,6 +36,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    let shell = evergreen_runtime::DaemonConfig::shell(&config);
     let registry = registry::Registry::connect_lazy(&config.registry_url)?;
     let jobs = jobs::Jobs::open(
         &config.data_dir,
@@ -42,14 +44,16 @@ pub async fn run(
         config.max_concurrent_jobs,
         config.s3.clone(),
     )?;
-    let (health_reporter, health) = evergreen_runtime::tonic_health::server::health_reporter();
-    health_reporter
+    metrics::register(&shell.metrics, &jobs);
+    shell
+        .health
         .set_serving::<TrainerServer<TrainerGrpc>>()
         .await;
     let mut routes = RoutesBuilder::default();
-    routes
-        .add_service(health)
-        .add_service(TrainerGrpc::server(jobs.clone()));
+    routes.add_service(TrainerGrpc::server(
+        jobs.clone(),
+        shell.limits.max_message_bytes,
+    ));
     let j = std::sync::Arc::downgrade(&jobs); // weak: `run` waits for the last strong one
     routes.add_service(evergreen_runtime::status::service("trainer", move || {
         j.upgrade()
@@ -57,13 +61,7 @@ pub async fn run(
             .holdings()
     }));
     tracing::info!(addr = %listener.local_addr()?, registry = %config.registry_url, "trainer serving");
-    let served = evergreen_runtime::serve(
-        &evergreen_runtime::DaemonConfig::shell(&config),
-        listener,
-        routes,
-        shutdown,
-    )
-    .await;
+    let served = evergreen_runtime::serve(&shell, listener, routes, shutdown).await;
     jobs.shutdown().await;
     // Job and stream tasks hold the job database; wait for them to let go so
     // that a restart in the same process can reopen it.

@@ -1,0 +1,263 @@
+//! Operations: every daemon's `/metrics`, `/healthz`, `/readyz`; the
+//! request id from the caller to the monitor; limits; graceful shutdown.
+
+use std::time::Duration;
+
+use evergreen_e2e::{dataset, http_get, metric, Sandbox};
+use evergreen_proto::v1::{PredictRequest, SetAliasRequest};
+use tonic::Code;
+
+use crate::closed_loop::{load, to_row, train, until};
+
+const MODEL: &str = "bc";
+
+/// Sum of every sample of `name` (any labels) in a Prometheus page.
+fn total(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Trains "bc", points production at it and waits until the server
+/// answers with it.
+async fn serving(sb: &Sandbox) -> u64 {
+    let v = train(sb, MODEL, &dataset("breast_cancer.csv")).await;
+    sb.registry()
+        .await
+        .set_alias(SetAliasRequest {
+            model: MODEL.into(),
+            alias: "production".into(),
+            version: v,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let row = load()[0].0.clone();
+    until("the server serves bc", || async {
+        let r = sb
+            .predictor()
+            .await
+            .predict(PredictRequest {
+                model: MODEL.into(),
+                rows: vec![to_row(&row)],
+                request_id: String::new(),
+            })
+            .await
+            .ok()?;
+        (r.into_inner().version == v).then_some(())
+    })
+    .await;
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_daemon_serves_metrics_health_and_readiness() {
+    let sb = Sandbox::builder()
+        .trainer()
+        .monitor_with(|c| c.window_rows = 50)
+        .server(|_| {})
+        .start()
+        .await;
+    let v = serving(&sb).await;
+    let server = sb.server_addr.unwrap();
+    let predict = r#"grpc_service="evergreen.v1.Predictor",grpc_method="Predict""#;
+    let not_found = format!(r#"grpc_server_handled_total{{{predict},grpc_code="NOT_FOUND"}}"#);
+    // Asked before it was loaded, the server may have said NOT_FOUND.
+    let not_found_before = metric(&sb.scrape(server).await, &not_found).unwrap_or(0.0);
+    let data = load();
+    let mut p = sb.predictor().await;
+    for (x, _) in data.iter().take(60) {
+        p.predict(PredictRequest {
+            model: MODEL.into(),
+            rows: vec![to_row(x)],
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    }
+    let e = p
+        .predict(PredictRequest {
+            model: "nosuch".into(),
+            rows: vec![to_row(&data[0].0)],
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    // The server: RPCs by method and code, latency, what is loaded.
+    let page = sb.scrape(server).await;
+    let ok = metric(
+        &page,
+        &format!(r#"grpc_server_handled_total{{{predict},grpc_code="OK"}}"#),
+    )
+    .unwrap();
+    assert!(ok >= 60.0, "{page}");
+    let not_found = metric(&page, &not_found).unwrap();
+    assert_eq!(not_found, not_found_before + 1.0, "{page}");
+    let timed = metric(
+        &page,
+        &format!("grpc_server_handling_seconds_count{{{predict}}}"),
+    )
+    .unwrap();
+    assert_eq!(timed, ok + not_found, "every call is timed: {page}");
+    assert!(
+        page.contains(&format!(
+            "grpc_server_handling_seconds_bucket{{le=\"0.005\",{predict}}}"
+        )) || page.contains(&format!(
+            "grpc_server_handling_seconds_bucket{{{predict},le=\"0.005\"}}"
+        )),
+        "a latency histogram: {page}"
+    );
+    assert_eq!(
+        metric(
+            &page,
+            &format!(r#"evergreen_server_models_loaded{{model="bc",version="{v}"}}"#)
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        metric(
+            &page,
+            r#"evergreen_server_alias_version{model="bc",alias="production"}"#
+        ),
+        Some(v as f64),
+        "{page}"
+    );
+    assert!(metric(&page, "process_cpu_seconds_total").unwrap() > 0.0);
+    assert!(metric(&page, "process_resident_memory_bytes").unwrap() > 1e6);
+    assert!(
+        page.contains(r#"evergreen_build_info{daemon="server""#),
+        "{page}"
+    );
+    // The prediction log drains to the monitor.
+    until("the prediction log is sent", || async {
+        let page = sb.scrape(server).await;
+        let sent = metric(&page, "evergreen_server_prediction_log_sent_total")?;
+        (sent >= 60.0
+            && metric(&page, "evergreen_server_prediction_log_queue") == Some(0.0)
+            && metric(&page, "evergreen_server_prediction_log_dropped_total") == Some(0.0))
+        .then_some(())
+    })
+    .await;
+
+    // The registry: what it holds, its watchers (the server), its events.
+    let page = sb.scrape(sb.registry_addr).await;
+    assert_eq!(
+        metric(&page, "evergreen_registry_models"),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        metric(&page, r#"evergreen_registry_versions{status="ACTIVE"}"#),
+        Some(1.0),
+        "{page}"
+    );
+    assert!(metric(&page, "evergreen_registry_watchers").unwrap() >= 1.0);
+    assert_eq!(
+        metric(
+            &page,
+            r#"evergreen_registry_events_total{kind="VERSION_REGISTERED"}"#
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    assert!(
+        metric(
+            &page,
+            r#"evergreen_streams_open{grpc_service="evergreen.v1.Registry",grpc_method="Watch"}"#
+        )
+        .unwrap()
+            >= 1.0,
+        "{page}"
+    );
+
+    // The trainer: one job, succeeded, timed; none running.
+    let page = sb.scrape(sb.trainer_addr.unwrap()).await;
+    assert_eq!(
+        metric(
+            &page,
+            r#"evergreen_trainer_jobs_finished_total{outcome="succeeded"}"#
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        metric(
+            &page,
+            r#"evergreen_trainer_job_duration_seconds_count{outcome="succeeded"}"#
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        metric(&page, r#"evergreen_trainer_jobs{state="running"}"#),
+        Some(0.0)
+    );
+
+    // The monitor: records in, a window closed with its drift share.
+    let monitor = sb.monitor_addr.unwrap();
+    let page = until("the monitor closed a window", || async {
+        let page = sb.scrape(monitor).await;
+        metric(
+            &page,
+            &format!(r#"evergreen_monitor_drifted_share{{model="bc",version="{v}"}}"#),
+        )?;
+        Some(page)
+    })
+    .await;
+    assert!(
+        metric(
+            &page,
+            r#"evergreen_monitor_records_total{outcome="accepted"}"#
+        )
+        .unwrap()
+            >= 60.0,
+        "{page}"
+    );
+    assert!(total(&page, "grpc_server_started_total") >= 1.0);
+
+    // Liveness and readiness of all four; junk paths are named.
+    for addr in [sb.registry_addr, sb.trainer_addr.unwrap(), server, monitor] {
+        let m = sb.metrics_addr(addr).await;
+        assert_eq!(http_get(m, "/healthz").await.0, 200);
+        assert_eq!(http_get(m, "/readyz").await.0, 200);
+        let (code, body) = http_get(m, "/metrix").await;
+        assert_eq!(code, 404);
+        assert!(body.contains("/metrics"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_has_not_loaded_its_models_is_live_but_not_ready() {
+    // The registry is down: the server cannot list it.
+    let nowhere = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = evergreen_server::ServerConfig {
+        metrics_listen: "127.0.0.1:0".into(),
+        registry_url: format!("http://{nowhere}"),
+        ..Default::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(evergreen_server::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    let m = tokio::time::timeout(
+        Duration::from_secs(10),
+        evergreen_runtime::metrics_addr(addr),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(http_get(m, "/healthz").await.0, 200);
+    let (code, body) = http_get(m, "/readyz").await;
+    assert_eq!((code, body.trim()), (503, "not ready"));
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
