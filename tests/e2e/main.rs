@@ -9,6 +9,7 @@ mod monitor;
 mod ops;
 mod phaseout;
 mod platform;
+mod s3_artifacts;
 mod server;
 mod trainer;
 mod watch;
