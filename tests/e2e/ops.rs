@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use evergreen_e2e::{dataset, http_get, metric, Sandbox};
-use evergreen_proto::v1::{PredictRequest, SetAliasRequest};
+use evergreen_proto::v1::{Feedback, PredictRequest, RecordFeedbackRequest, SetAliasRequest};
 use tonic::Code;
 
 use crate::closed_loop::{load, to_row, train, until};
@@ -260,4 +260,88 @@ async fn a_server_that_has_not_loaded_its_models_is_live_but_not_ready() {
     assert_eq!((code, body.trim()), (503, "not ready"));
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_id_follows_a_prediction_from_the_caller_to_the_monitor() {
+    let sb = Sandbox::builder()
+        .trainer()
+        .monitor()
+        .server(|_| {})
+        .start()
+        .await;
+    serving(&sb).await;
+    let (row, label) = load()[0].clone();
+    let mut p = sb.predictor().await;
+    let ask = |meta: Option<&str>, body: &str| {
+        let mut r = tonic::Request::new(PredictRequest {
+            model: MODEL.into(),
+            rows: vec![to_row(&row)],
+            request_id: body.into(),
+        });
+        if let Some(m) = meta {
+            r.metadata_mut().insert("x-request-id", m.parse().unwrap());
+        }
+        r
+    };
+    let id_of = |md: &tonic::metadata::MetadataMap| {
+        md.get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+
+    // From the caller's metadata, returned in the response metadata.
+    let r = p.predict(ask(Some("abc"), "")).await.unwrap();
+    assert_eq!(id_of(r.metadata()).as_deref(), Some("abc"));
+    assert_eq!(r.get_ref().request_id, "abc");
+    // Metadata beats the body; the body is used without metadata; with
+    // neither, the server makes one and says which.
+    let r = p.predict(ask(Some("meta-1"), "body-1")).await.unwrap();
+    assert_eq!(r.get_ref().request_id, "meta-1");
+    let r = p.predict(ask(None, "body-2")).await.unwrap();
+    assert_eq!(id_of(r.metadata()).as_deref(), Some("body-2"));
+    let r = p.predict(ask(None, "")).await.unwrap();
+    let made = r.get_ref().request_id.clone();
+    assert!(!made.is_empty());
+    assert_eq!(id_of(r.metadata()), Some(made));
+    // An error carries it too.
+    let mut bad = ask(Some("err-1"), "");
+    bad.get_mut().model = "nosuch".into();
+    let e = p.predict(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert_eq!(id_of(e.metadata()).as_deref(), Some("err-1"));
+
+    // The monitor got the prediction under that id: its label matches.
+    let mut m = sb.monitor().await;
+    until("the monitor labels request abc", || {
+        let label = label.clone();
+        let mut m = m.clone();
+        async move {
+            let r = m
+                .record_feedback(RecordFeedbackRequest {
+                    feedback: vec![Feedback {
+                        request_id: "abc".into(),
+                        label,
+                        ..Default::default()
+                    }],
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (r.matched == 1).then_some(())
+        }
+    })
+    .await;
+    // And not under an id it never saw.
+    let r = m
+        .record_feedback(RecordFeedbackRequest {
+            feedback: vec![Feedback {
+                request_id: "never-sent".into(),
+                label: label.clone(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.matched, r.unknown), (0, 1));
 }

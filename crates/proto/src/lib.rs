@@ -28,6 +28,10 @@ pub mod metadata {
     pub const ACTOR: &str = "x-evergreen-actor";
     /// Trailer on a lagged watcher's final status: the revision to resume from.
     pub const RESUME_REVISION: &str = "x-evergreen-resume-revision";
+    /// A prediction's request id: taken from the caller when given, returned
+    /// by the server in its response metadata, and carried to the monitor
+    /// in each prediction-log record (the key for RecordFeedback).
+    pub const REQUEST_ID: &str = "x-request-id";
 }
 
 /// Naming rules that are part of the contract (checked by the registry,

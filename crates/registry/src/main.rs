@@ -18,6 +18,10 @@ struct Args {
     /// TOML config file (the `[registry]` table is read).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Log lines as text (default) or one JSON object per line
+    /// [env: EVERGREEN_LOG_FORMAT].
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
     /// Listen address [default: 127.0.0.1:7400].
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -29,6 +33,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let sources = ConfigSources::from_process(args.config)
+        .log_format(args.log_format)
         .flag("listen", args.listen)
         .flag("data_dir", args.data_dir.map(|p| p.display().to_string()));
     evergreen_runtime::daemon_main::<RegistryConfig, _, _>(

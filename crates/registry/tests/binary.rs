@@ -220,6 +220,17 @@ fn bad_config_and_data_dirs_fail_start_with_one_line_naming_the_problem() {
     assert_eq!(code, 2);
     assert!(err.contains("/no/such/evergreen.toml"), "{err}");
 
+    let (code, err) = fails(&["--data-dir", data], &[("EVERGREEN_LOG_FORMAT", "xml")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("log_format") && err.contains("json"), "{err}");
+
+    let (code, err) = fails(
+        &["--data-dir", data],
+        &[("EVERGREEN_REGISTRY__METRICS_LISTEN", "localhost")],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("registry.metrics_listen"), "{err}");
+
     let foreign = dir.path().join("foreign");
     std::fs::create_dir_all(&foreign).unwrap();
     std::fs::write(foreign.join("notes.txt"), "hi").unwrap();
@@ -246,4 +257,54 @@ fn bad_config_and_data_dirs_fail_start_with_one_line_naming_the_problem() {
         &[("EVERGREEN_REGISTRY__DATA_DIR", data)],
     );
     assert!(err.contains("foreign"), "{err}");
+}
+
+#[test]
+fn json_logs_and_exit_0_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("EVERGREEN_LOG", "info")
+        .env("EVERGREEN_REGISTRY__METRICS_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn registry");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening on"), "{line:?}");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let json = |l: &str| -> serde_json::Value {
+        serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}"))
+    };
+    loop {
+        let l = lines.next().expect("the registry logs").unwrap();
+        let v = json(&l);
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+        if v["fields"]["message"] == "registry serving" {
+            break;
+        }
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "a clean stop exits 0");
+    let rest: Vec<serde_json::Value> = lines.map(|l| json(&l.unwrap())).collect();
+    assert!(
+        rest.iter()
+            .any(|v| v["fields"]["message"] == "shutting down: health is NOT_SERVING"),
+        "{rest:#?}"
+    );
 }

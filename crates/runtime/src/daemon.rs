@@ -34,8 +34,18 @@ where
     F: FnOnce(C, TcpListener, Shutdown) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    init_tracing(&sources.env);
-    let config = match load_config::<C>(section, &sources).and_then(|c| c.validate().map(|_| c)) {
+    let log_env = sources.logging_env();
+    if let Err(e) = crate::telemetry::LogFormat::from_env(&log_env) {
+        eprintln!("{name}: {e:#}");
+        return ExitCode::from(2);
+    }
+    init_tracing(&log_env);
+    let config = match load_config::<C>(section, &sources)
+        .and_then(|c| c.validate().map(|_| c))
+        .and_then(|c| {
+            crate::metrics::parse_listen(section, &c.shell().metrics_listen)?;
+            Ok(c)
+        }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{name}: {e:#}");
@@ -57,6 +67,9 @@ where
         println!("{name} listening on {}", listener.local_addr()?);
         run(config, listener, Box::pin(shutdown_signal())).await
     });
+    // Whatever is left (a blocking task mid-way) gets a moment, not forever:
+    // run() has already drained the calls and flushed the state.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

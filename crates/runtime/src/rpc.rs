@@ -38,8 +38,7 @@ use tracing::Instrument;
 
 use crate::metrics::Metrics;
 
-/// gRPC metadata key of a request id (taken from the caller when given).
-pub const REQUEST_ID: &str = "x-request-id";
+pub use evergreen_proto::metadata::REQUEST_ID;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct MethodLabels {
@@ -257,12 +256,12 @@ where
             None
         };
 
-        let request_id = req
-            .headers()
-            .get(REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let span = tracing::info_span!("rpc", rpc = path, request_id);
+        // The caller's request id, when given; a handler may record the
+        // one it settles on (`Span::current().record("request_id", ..)`).
+        let span = tracing::info_span!("rpc", rpc = path, request_id = tracing::field::Empty);
+        if let Some(id) = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+            span.record("request_id", id);
+        }
         let limit = shared.max_message_bytes;
         let daemon = shared.daemon;
         let req = req.map(|b| Body::new(LimitedBody::new(b, limit, daemon)));

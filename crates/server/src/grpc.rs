@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use evergreen_model::schema::Value;
+use evergreen_proto::metadata::REQUEST_ID;
 use evergreen_proto::v1::predictor_server::{Predictor, PredictorServer};
 use evergreen_proto::v1::{
     self as pb, ListServedRequest, ListServedResponse, PredictRequest, PredictResponse, Row,
 };
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
 
 use crate::catalog::{Deprecation, Route};
@@ -50,6 +51,36 @@ pub fn mark_deprecated<T>(resp: &mut Response<T>, d: &Option<Deprecation>) {
             resp.metadata_mut().insert(DEPRECATION_HEADER, v);
         }
     }
+}
+
+/// A prediction's request id: the caller's `x-request-id` metadata, else
+/// the id in the request body, else a new one. Recorded in the call's
+/// tracing span, returned in the response metadata, and carried to the
+/// monitor in every prediction-log record of the request.
+pub fn request_id_of(server: &Server, metadata: &MetadataMap, body_id: &str) -> String {
+    let given = metadata
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .unwrap_or(body_id);
+    let id = server.request_id(given);
+    tracing::Span::current().record("request_id", id.as_str());
+    id
+}
+
+/// Puts the request id in a response's metadata.
+pub fn tag_response<T>(resp: &mut Response<T>, request_id: &str) {
+    if let Ok(v) = MetadataValue::try_from(request_id) {
+        resp.metadata_mut().insert(REQUEST_ID, v);
+    }
+}
+
+/// Puts the request id in an error's metadata.
+pub fn tag(mut status: Status, request_id: &str) -> Status {
+    if let Ok(v) = MetadataValue::try_from(request_id) {
+        status.metadata_mut().insert(REQUEST_ID, v);
+    }
+    status
 }
 
 /// Positional values of each row (named rows mapped through the schema).
@@ -122,25 +153,19 @@ impl Predictor for PredictorGrpc {
         req: Request<PredictRequest>,
     ) -> Result<Response<PredictResponse>, Status> {
         let start = Instant::now();
-        let header_id = req
-            .metadata()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let r = req.into_inner();
         let s = &self.server;
-        let request_id = s.request_id(if r.request_id.is_empty() {
-            header_id.as_deref().unwrap_or("")
-        } else {
-            &r.request_id
-        });
-        let route = s.route(&r.model, &request_id).await.map_err(to_status)?;
+        let request_id = request_id_of(s, req.metadata(), &req.get_ref().request_id);
+        let r = req.into_inner();
+        let route = s
+            .route(&r.model, &request_id)
+            .await
+            .map_err(|e| tag(to_status(e), &request_id))?;
         let (rows, outputs) = rows_to_values(&route, &r.rows, s.config.max_batch_rows)
             .and_then(|rows| Ok((s.score(&route, &rows)?, rows)))
             .map(|(outputs, rows)| (rows, outputs))
             .map_err(|e| {
                 s.failed(&route, &request_id, &e, start.elapsed());
-                to_status(e)
+                tag(to_status(e), &request_id)
             })?;
 
         let labels: Vec<String> = route
@@ -159,7 +184,7 @@ impl Predictor for PredictorGrpc {
             predictions,
             model: route.primary.model.clone(),
             version: route.primary.version,
-            request_id,
+            request_id: request_id.clone(),
             deprecation: route.deprecation.as_ref().map(|d| pb::Deprecation {
                 notice: d.notice.clone(),
                 sunset_at: d.sunset_at,
@@ -169,6 +194,7 @@ impl Predictor for PredictorGrpc {
             labels,
         });
         mark_deprecated(&mut resp, &route.deprecation);
+        tag_response(&mut resp, &request_id);
         Ok(resp)
     }
 

@@ -2,6 +2,11 @@
 //! batches them and streams them to the monitor (client-streaming
 //! `LogPredictions`). A full queue or an unreachable monitor drops records
 //! and counts them; prediction never waits on the monitor.
+//!
+//! The request id travels in each record (`PredictionLog.request_id`), not
+//! as `x-request-id` metadata of the LogPredictions call: one call is a
+//! long-lived stream carrying many batches, and one batch holds the rows
+//! of many requests, so no single id describes a call or a batch.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -31,7 +31,9 @@ use tonic::{Request, Response, Status};
 
 use crate::catalog::{Route, Selector};
 use crate::error::ServeError;
-use crate::grpc::{mark_deprecated, to_status, DEPRECATION_HEADER};
+use crate::grpc::{
+    mark_deprecated, request_id_of, tag, tag_response, to_status, DEPRECATION_HEADER,
+};
 use crate::serve::{Output, Server};
 
 const SUPPORTED: &str = "FP64, FP32, INT64, INT32 or BYTES";
@@ -458,16 +460,16 @@ impl GrpcInferenceService for V2Grpc {
         req: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
         let start = Instant::now();
-        let r = req.into_inner();
         let s = &self.server;
-        let request_id = s.request_id(&r.id);
+        let request_id = request_id_of(s, req.metadata(), &req.get_ref().id);
+        let r = req.into_inner();
         let route = s
             .route_parsed(&r.model_name, &selector(&r.model_version), &request_id)
             .await
-            .map_err(to_status)?;
+            .map_err(|e| tag(to_status(e), &request_id))?;
         let fail = |e: ServeError| {
             s.failed(&route, &request_id, &e, start.elapsed());
-            to_status(e)
+            tag(to_status(e), &request_id)
         };
         let tensors = decode_inputs(&r).map_err(fail)?;
         let rows = rows(&route, &r, &tensors, s.config.max_batch_rows).map_err(fail)?;
@@ -581,12 +583,13 @@ impl GrpcInferenceService for V2Grpc {
         let mut resp = Response::new(ModelInferResponse {
             model_name: route.primary.model.clone(),
             model_version: route.primary.version.to_string(),
-            id: request_id,
+            id: request_id.clone(),
             parameters,
             outputs,
             raw_output_contents,
         });
         mark_deprecated(&mut resp, &route.deprecation);
+        tag_response(&mut resp, &request_id);
         Ok(resp)
     }
 }
