@@ -25,10 +25,13 @@ Static checks (always), for each daemon workload:
   - enableServiceLinks is false (Service env vars such as
     EVERGREEN_REGISTRY_SERVICE_HOST would be read as config keys).
 Daemon check (--bins): each daemon binary is started on the overlay's
-evergreen.toml, with every mounted path moved under --work (Secret mounts
-filled with a generated CA/certificate and the gen-tokens.sh files) and
-listen addresses moved to 127.0.0.1:0; it must get past configuration and
-security set-up ("... listening on ...") and is then stopped with SIGTERM.
+evergreen.toml, changed only where a laptop differs from the cluster: every
+mounted path moved under --work (Secret mounts filled with a generated
+CA/certificate and the gen-tokens.sh files), listen addresses on
+127.0.0.1:0, and every S3 table pointed at a local S3-compatible server
+(moto, on 127.0.0.1, with its buckets created) with static test keys, since
+the registry opens its S3 artifact store at start-up. It must start
+("... listening on ...") and exit 0 on SIGTERM.
 """
 
 import argparse
@@ -36,13 +39,16 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import tomllib
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+import tomli_w
 import yaml
 
 DAEMONS = ("registry", "trainer", "server", "monitor")
@@ -278,73 +284,130 @@ def make_tls(dir: Path) -> None:
         "-CAcreateserial", "-out", str(dir / "tls.crt"), "-days", "2", "-extfile", str(ext))
 
 
-def run_daemons(toml_text: str, workloads, bins: Path, work: Path, tokens: Path) -> None:
+class LocalS3:
+    """moto's S3 server on 127.0.0.1 (from this virtualenv): no daemon
+    started by the check ever reaches AWS or an instance metadata service."""
+
+    def __enter__(self):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        exe = Path(sys.executable).parent / "moto_server"
+        self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/", timeout=1).read()
+                return self
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.proc.kill()
+                    sys.exit("check_manifests: the local S3 server (moto_server) did not start")
+                time.sleep(0.2)
+
+    def bucket(self, name: str) -> None:
+        req = urllib.request.Request(f"{self.url}/{name}", method="PUT")
+        urllib.request.urlopen(req, timeout=5).read()
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def localize(value, mounts: list[tuple[str, Path]], s3: LocalS3, key: str = ""):
+    """The config with mounted paths moved, listen addresses on loopback, S3
+    tables on the local server."""
+    if isinstance(value, dict):
+        out = {k: localize(v, mounts, s3, k) for k, v in value.items()}
+        if key == "s3":
+            out.update(endpoint=s3.url, path_style=True, access_key_id="test", secret_access_key="test")
+            if out.get("bucket"):
+                s3.bucket(out["bucket"])
+        return out
+    if isinstance(value, str):
+        if key in ("listen", "metrics_listen") and value:
+            return "127.0.0.1:0"
+        for mp, dst in mounts:
+            if value == mp or value.startswith(mp + "/"):
+                return str(dst) + value[len(mp):]
+    return value
+
+
+def run_daemons(config: dict, workloads, bins: Path, work: Path, tokens: Path) -> None:
     tls_fixture = work / "fixtures" / "tls"
     make_tls(tls_fixture)
     secrets = {"evergreen-tls": tls_fixture, "evergreen-tokens": tokens / "secret"}
-    for w in workloads:
-        root = work / w.daemon
-        shutil.rmtree(root, ignore_errors=True)
-        mounts = sorted(w.container.get("volumeMounts", []), key=lambda m: -len(m["mountPath"]))
-        text = toml_text
-        for m in mounts:
-            mp = m["mountPath"].rstrip("/")
-            dst = root / mp.lstrip("/")
-            vol = w.volumes.get(m["name"], {})
-            if "configMap" in vol:
-                dst.mkdir(parents=True, exist_ok=True)
-                (dst / "evergreen.toml").write_text("")  # written below, paths moved
-            elif "secret" in vol:
-                src = secrets.get(vol["secret"]["secretName"])
-                if src is None:
-                    fail(f"{w.where()}: no fixture for Secret {vol['secret']['secretName']}")
-                    continue
-                shutil.copytree(src, dst)
-            else:
-                dst.mkdir(parents=True, exist_ok=True)
-            text = text.replace(f'"{mp}/', f'"{dst}/')
-        text = re.sub(r'^(\s*(?:metrics_)?listen\s*=\s*)"[^"]*"', r'\1"127.0.0.1:0"', text, flags=re.M)
-        args = [str(root / a.lstrip("/")) if a.startswith("/") else a for a in w.container.get("args", [])]
-        cfg = Path(args[args.index("--config") + 1])
-        cfg.write_text(text)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EVERGREEN_")}
-        for e in w.container.get("env", []):
-            if "value" in e:
-                env[e["name"]] = e["value"]
-        exe = bins / Path(w.container["command"][0]).name
-        name = exe.name
-        proc = subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=env, text=True)
-        started = False
-        deadline = time.monotonic() + 30
-        line = ""
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if f"{name} listening on" in line:
-                started = True
-                break
-        if started:
-            # Let it finish starting (the daemons install their SIGTERM
-            # handler after printing the address), then stop it.
-            time.sleep(1)
-            proc.send_signal(signal.SIGTERM)
-            try:
-                rc = proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                rc = "killed after 30 s"
-            if rc == 0:
-                print(f"  {name}: accepted the config ({line.strip()}); exit 0 after SIGTERM")
-            else:
-                _, err = proc.communicate()
-                fail(f"{w.where()}: {name} started but exited {rc} after SIGTERM (expected 0): {err.strip()[-2000:]}")
+    with LocalS3() as s3:
+        for w in workloads:
+            run_daemon(config, w, bins, work / w.daemon, secrets, s3)
+
+
+def run_daemon(config: dict, w: Workload, bins: Path, root: Path, secrets: dict, s3: LocalS3) -> None:
+    shutil.rmtree(root, ignore_errors=True)
+    mounts: list[tuple[str, Path]] = []
+    config_dirs = []
+    for m in sorted(w.container.get("volumeMounts", []), key=lambda m: -len(m["mountPath"])):
+        mp = m["mountPath"].rstrip("/")
+        dst = root / mp.lstrip("/")
+        vol = w.volumes.get(m["name"], {})
+        if "secret" in vol:
+            src = secrets.get(vol["secret"]["secretName"])
+            if src is None:
+                fail(f"{w.where()}: no fixture for Secret {vol['secret']['secretName']}")
+                return
+            shutil.copytree(src, dst)
         else:
-            proc.kill()
-            _, err = proc.communicate()
-            fail(f"{w.where()}: {name} did not start on the overlay's evergreen.toml "
-                 f"(exit {proc.returncode}): {err.strip()}")
+            dst.mkdir(parents=True, exist_ok=True)
+            if "configMap" in vol:
+                config_dirs.append(dst)
+        mounts.append((mp, dst))
+    local = localize(config, mounts, s3)
+    for d in config_dirs:
+        (d / "evergreen.toml").write_bytes(tomli_w.dumps(local).encode())
+    args = [localize(a, mounts, s3) for a in w.container.get("args", [])]
+    # The pod's literal env (EVERGREEN_LOG, ...), never this shell's
+    # EVERGREEN_* or AWS_* variables; no instance metadata lookups.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVERGREEN_", "AWS_"))}
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    for e in w.container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+    exe = bins / Path(w.container["command"][0]).name
+    name = exe.name
+    proc = subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, text=True)
+    started = False
+    deadline = time.monotonic() + 60
+    line = ""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if f"{name} listening on" in line:
+            started = True
+            break
+    if not started:
+        proc.kill()
+        _, err = proc.communicate()
+        fail(f"{w.where()}: {name} did not start on the overlay's evergreen.toml "
+             f"(exit {proc.returncode}): {err.strip()[-3000:]}")
+        return
+    # Let it finish starting (the daemons install their SIGTERM handler
+    # after printing the address), then stop it.
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rc = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = "killed after 30 s"
+    if rc == 0:
+        print(f"  {name}: started on the config ({line.strip()}); exit 0 after SIGTERM")
+    else:
+        _, err = proc.communicate()
+        fail(f"{w.where()}: {name} started but exited {rc} after SIGTERM (expected 0): {err.strip()[-3000:]}")
 
 
 def main() -> None:
@@ -358,7 +421,7 @@ def main() -> None:
     token_names = {p.name for p in (a.tokens / "secret").iterdir()}
     check_static(cm, config, workloads, services, token_names)
     if not errors and a.bins:
-        run_daemons(toml_text, workloads, a.bins, a.work, a.tokens)
+        run_daemons(config, workloads, a.bins, a.work, a.tokens)
     for e in errors:
         print(f"  FAIL {e}")
     if errors:
