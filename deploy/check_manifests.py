@@ -23,7 +23,9 @@ Static checks (always), for each daemon workload:
     client certificate when the target requires one, and a token when the
     target checks tokens;
   - enableServiceLinks is false (Service env vars such as
-    EVERGREEN_REGISTRY_SERVICE_HOST would be read as config keys).
+    EVERGREEN_REGISTRY_SERVICE_HOST would be read as config keys);
+  - terminationGracePeriodSeconds exceeds shutdown_grace_seconds, and the
+    server keeps accepting calls for shutdown_delay_ms after SIGTERM.
 Daemon check (--bins): each daemon binary is started on the overlay's
 evergreen.toml, changed only where a laptop differs from the cluster: every
 mounted path moved under --work (Secret mounts filled with a generated
@@ -180,6 +182,16 @@ def check_static(cm, config, workloads, services, token_names: set[str]) -> None
                 f"{at}: enableServiceLinks must be false: Kubernetes would set "
                 "EVERGREEN_<SERVICE>_SERVICE_HOST/_PORT, which the daemon reads as unknown config keys"
             )
+        # Shutdown: the kubelet kills at terminationGracePeriodSeconds; the
+        # daemon must have drained before (shutdown_delay_ms counts within
+        # shutdown_grace_seconds). The load-balanced server must keep
+        # accepting calls while its endpoint removal propagates.
+        grace = t.get("shutdown_grace_seconds", 20)
+        if w.pod.get("terminationGracePeriodSeconds", 30) <= grace:
+            fail(f"{at}: terminationGracePeriodSeconds must exceed shutdown_grace_seconds ({grace})")
+        if d == "server" and t.get("shutdown_delay_ms", 0) < 1000:
+            fail(f"{at}: server.shutdown_delay_ms should be >= 1000: new calls still arrive for a moment "
+                 "after the pod leaves the Service's endpoints")
         # Listen addresses and ports.
         listen, metrics = t.get("listen", ""), t.get("metrics_listen", "")
         if not listen or not metrics:
