@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
-use evergreen_e2e::{dataset, http_get, metric, Sandbox};
-use evergreen_proto::v1::{Feedback, PredictRequest, RecordFeedbackRequest, SetAliasRequest};
+use evergreen_e2e::{dataset, http_get, metric, req, Sandbox};
+use evergreen_proto::v1::{
+    Feedback, PredictRequest, PredictionLog, PredictionLogBatch, RecordFeedbackRequest,
+    SetAliasRequest, WatchRequest,
+};
 use tonic::Code;
 
 use crate::closed_loop::{load, to_row, train, until};
@@ -344,4 +347,178 @@ async fn a_request_id_follows_a_prediction_from_the_caller_to_the_monitor() {
         .unwrap()
         .into_inner();
     assert_eq!((r.matched, r.unknown), (0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_over_max_message_bytes_is_resource_exhausted_naming_the_key() {
+    let sb = Sandbox::builder()
+        .registry(|c| c.limits.max_message_bytes = 2 << 20)
+        .trainer()
+        .server(|c| c.limits.max_message_bytes = 4096)
+        .start()
+        .await;
+    serving(&sb).await;
+
+    // The server: a 100-row request is ~35 KB, over 4096 bytes.
+    let data = load();
+    let mut p = sb.predictor().await;
+    let e = p
+        .predict(PredictRequest {
+            model: MODEL.into(),
+            rows: data.iter().take(100).map(|(x, _)| to_row(x)).collect(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    for part in [
+        "the limit is 4096 bytes",
+        "server.limits.max_message_bytes",
+        "EVERGREEN_SERVER__LIMITS__MAX_MESSAGE_BYTES",
+    ] {
+        assert!(e.message().contains(part), "{part}: {}", e.message());
+    }
+    // ... and keeps serving requests under the limit.
+    p.predict(PredictRequest {
+        model: MODEL.into(),
+        rows: vec![to_row(&data[0].0)],
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
+    let page = sb.scrape(sb.server_addr.unwrap()).await;
+    assert_eq!(
+        metric(
+            &page,
+            r#"grpc_server_handled_total{grpc_service="evergreen.v1.Predictor",grpc_method="Predict",grpc_code="RESOURCE_EXHAUSTED"}"#
+        ),
+        Some(1.0),
+        "{page}"
+    );
+
+    // The registry: one 3 MiB chunk is over its 2 MiB limit, while a 5 MiB
+    // artifact in 1 MiB chunks goes through (uploads are chunked).
+    let mut r = sb.registry().await;
+    r.create_model(req::create("big")).await.unwrap();
+    let artifact = vec![7u8; 5 << 20];
+    let e = r
+        .register_version(tokio_stream::iter(req::register(
+            req::header("big"),
+            &artifact[..3 << 20],
+            3 << 20,
+        )))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("registry.limits.max_message_bytes")
+            && e.message().contains(&(2 << 20).to_string()),
+        "{}",
+        e.message()
+    );
+    let v = r
+        .register_version(tokio_stream::iter(req::register(
+            req::header("big"),
+            &artifact,
+            1 << 20,
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((v.version, v.artifact.unwrap().size_bytes), (1, 5 << 20));
+}
+
+#[tokio::test]
+async fn long_lived_streams_beyond_max_concurrent_streams_are_resource_exhausted() {
+    let sb = Sandbox::builder()
+        .registry(|c| c.limits.max_concurrent_streams = 2)
+        .start()
+        .await;
+    // Each watch on a connection of its own: the per-daemon cap is hit,
+    // not HTTP/2's per-connection one.
+    let watch = || async {
+        sb.registry()
+            .await
+            .watch(WatchRequest::default())
+            .await
+            .map(|r| r.into_inner())
+    };
+    let w1 = watch().await.unwrap();
+    let _w2 = watch().await.unwrap();
+    let e = watch().await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    for part in [
+        "2 long-lived streams",
+        "registry.limits.max_concurrent_streams",
+        "EVERGREEN_REGISTRY__LIMITS__MAX_CONCURRENT_STREAMS",
+    ] {
+        assert!(e.message().contains(part), "{part}: {}", e.message());
+    }
+    // Other calls are still served.
+    sb.registry()
+        .await
+        .create_model(req::create("m"))
+        .await
+        .unwrap();
+    let page = sb.scrape(sb.registry_addr).await;
+    assert_eq!(
+        metric(
+            &page,
+            r#"evergreen_streams_open{grpc_service="evergreen.v1.Registry",grpc_method="Watch"}"#
+        ),
+        Some(2.0),
+        "{page}"
+    );
+    // A watcher that leaves frees its slot.
+    drop(w1);
+    until("a watch slot is free again", || async {
+        watch().await.ok()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn monitor_batches_over_max_rows_per_request_are_refused_naming_the_key() {
+    let sb = Sandbox::builder()
+        .monitor_with(|c| c.max_rows_per_request = 3)
+        .start()
+        .await;
+    let mut m = sb.monitor().await;
+    let labels = |n: usize| RecordFeedbackRequest {
+        feedback: (0..n)
+            .map(|i| Feedback {
+                request_id: format!("r{i}"),
+                label: "1".into(),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let e = m.record_feedback(labels(4)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("4 labels") && e.message().contains("monitor.max_rows_per_request"),
+        "{}",
+        e.message()
+    );
+    let r = m.record_feedback(labels(3)).await.unwrap().into_inner();
+    assert_eq!(r.unknown, 3);
+
+    let batch = |n: usize| PredictionLogBatch {
+        records: vec![PredictionLog::default(); n],
+        dropped: 0,
+    };
+    let e = m
+        .log_predictions(tokio_stream::iter(vec![batch(4)]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("4 records") && e.message().contains("monitor.max_rows_per_request"),
+        "{}",
+        e.message()
+    );
+    m.log_predictions(tokio_stream::iter(vec![batch(2)]))
+        .await
+        .unwrap();
+    assert!(sb.monitor_running());
 }

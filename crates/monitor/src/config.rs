@@ -49,6 +49,9 @@ pub struct MonitorConfig {
     pub retrain_rows: usize,
     /// Window state is written to disk this often (the most a crash loses).
     pub persist_ms: u64,
+    /// Most records in one LogPredictions batch and most labels in one
+    /// RecordFeedback call; more is INVALID_ARGUMENT naming this key.
+    pub max_rows_per_request: usize,
 }
 
 impl Default for MonitorConfig {
@@ -74,6 +77,7 @@ impl Default for MonitorConfig {
             feedback_ttl_seconds: 7 * 24 * 3600,
             retrain_rows: 10_000,
             persist_ms: 2000,
+            max_rows_per_request: 10_000,
         }
     }
 }
@@ -106,6 +110,7 @@ impl MonitorConfig {
             ("feedback_capacity", self.feedback_capacity as u64),
             ("feedback_ttl_seconds", self.feedback_ttl_seconds),
             ("persist_ms", self.persist_ms),
+            ("max_rows_per_request", self.max_rows_per_request as u64),
         ];
         for (k, v) in positive {
             if v == 0 {

@@ -125,6 +125,17 @@ pub struct MonitorGrpc {
 }
 
 impl MonitorGrpc {
+    /// `monitor.max_rows_per_request`, checked before anything is taken in.
+    fn rows_within_limit(&self, n: usize, what: &str, unit: &str) -> Result<(), Status> {
+        let max = self.monitor.config.max_rows_per_request;
+        if n > max {
+            return Err(Status::invalid_argument(format!(
+                "a {what} of {n} {unit} exceeds the limit of {max} (monitor.max_rows_per_request); send smaller batches"
+            )));
+        }
+        Ok(())
+    }
+
     pub fn server(monitor: Arc<Monitor>) -> MonitorServer<Self> {
         let limit = monitor.config.limits.max_message_bytes;
         MonitorServer::new(MonitorGrpc { monitor }).max_decoding_message_size(limit)
@@ -149,6 +160,7 @@ impl MonitorApi for MonitorGrpc {
                 _ = stopping.wait_for(|s| *s) => None,
             };
             let Some(batch) = batch else { break };
+            self.rows_within_limit(batch.records.len(), "LogPredictions batch", "records")?;
             let r = self.monitor.ingest(&batch.records, batch.dropped).await;
             self.monitor.metrics.records("accepted", r.accepted);
             self.monitor.metrics.records("skipped", r.skipped);
@@ -167,6 +179,7 @@ impl MonitorApi for MonitorGrpc {
                 "feedback is empty: expected at least one {request_id, label or value}",
             ));
         }
+        self.rows_within_limit(r.feedback.len(), "RecordFeedback call", "labels")?;
         if let Some(i) = r.feedback.iter().position(|f| f.request_id.is_empty()) {
             return Err(Status::invalid_argument(format!(
                 "feedback[{i}].request_id is empty: expected the request id the server returned"

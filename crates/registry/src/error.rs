@@ -30,6 +30,9 @@ pub enum RegistryError {
     ChecksumMismatch { declared: String, actual: String },
     #[error("artifact exceeds the size limit of {limit} bytes")]
     ArtifactTooLarge { limit: u64 },
+    /// A limit of the daemon was hit; the message names it and its key.
+    #[error("{0}")]
+    LimitExceeded(String),
     /// An operation that is not allowed in the current state (the message
     /// says what is allowed).
     #[error("{0}")]

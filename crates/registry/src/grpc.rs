@@ -46,7 +46,9 @@ pub fn to_status(e: RegistryError) -> Status {
         RegistryError::AliasMismatch { .. } | RegistryError::FailedPrecondition(_) => {
             Code::FailedPrecondition
         }
-        RegistryError::ArtifactTooLarge { .. } => Code::ResourceExhausted,
+        RegistryError::ArtifactTooLarge { .. } | RegistryError::LimitExceeded(_) => {
+            Code::ResourceExhausted
+        }
         RegistryError::FutureRevision { .. } => Code::OutOfRange,
         RegistryError::WatcherLagged { .. }
         | RegistryError::ShuttingDown
@@ -191,6 +193,10 @@ impl RegistryApi for RegistryGrpc {
                 "only the first RegisterVersion message may be a header; later ones must be chunks"
                     .into(),
             )),
+            // A chunk over limits.max_message_bytes (the message says so).
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                Err(RegistryError::LimitExceeded(s.message().to_string()))
+            }
             Err(s) => Err(RegistryError::InvalidArgument(format!(
                 "upload stream failed: {}",
                 s.message()
