@@ -84,7 +84,7 @@ where
     let env: HashMap<String, String> = sources
         .env
         .iter()
-        .filter(|(k, _)| k.starts_with("EVERGREEN_"))
+        .filter(|(k, _)| k.starts_with("EVERGREEN_") && !is_service_link(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     builder = builder.add_source(
@@ -120,6 +120,35 @@ where
         let path = e.path().to_string();
         anyhow!("invalid config key `{section}.{path}`: {}", e.into_inner())
     })
+}
+
+/// Kubernetes injects `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT_7400_TCP`,
+/// ... for every Service in the namespace (unless the pod says
+/// `enableServiceLinks: false`); a Service named `evergreen-registry` gives
+/// `EVERGREEN_REGISTRY_SERVICE_HOST`. These are never config, so they are
+/// skipped instead of stopping the daemon as unknown keys. Config variables
+/// of a daemon table always contain `__`, so none is mistaken for one.
+fn is_service_link(var: &str) -> bool {
+    if var.contains("__") {
+        return false;
+    }
+    let parts: Vec<&str> = var.split('_').collect();
+    let n = parts.len();
+    let is_port = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let is_proto = |s: &str| matches!(s, "TCP" | "UDP" | "SCTP");
+    // X_SERVICE_HOST, X_SERVICE_PORT, X_SERVICE_PORT_<NAME>
+    if let Some(i) = parts.iter().rposition(|p| *p == "SERVICE") {
+        if i + 1 < n && ((parts[i + 1] == "HOST" && i + 2 == n) || parts[i + 1] == "PORT") {
+            return true;
+        }
+    }
+    // X_PORT, X_PORT_7400_TCP, X_PORT_7400_TCP_{PROTO,PORT,ADDR}
+    match parts.as_slice() {
+        [.., "PORT"] => true,
+        [.., "PORT", p, proto] => is_port(p) && is_proto(proto),
+        [.., "PORT", p, proto, "PROTO" | "PORT" | "ADDR"] => is_port(p) && is_proto(proto),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -243,6 +272,47 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("limit"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_config() {
+        let links = [
+            ("EVERGREEN_REGISTRY_SERVICE_HOST", "10.0.0.7"),
+            ("EVERGREEN_REGISTRY_SERVICE_PORT", "7400"),
+            ("EVERGREEN_REGISTRY_SERVICE_PORT_GRPC", "7400"),
+            ("EVERGREEN_REGISTRY_PORT", "tcp://10.0.0.7:7400"),
+            ("EVERGREEN_REGISTRY_PORT_7400_TCP", "tcp://10.0.0.7:7400"),
+            ("EVERGREEN_REGISTRY_PORT_7400_TCP_PROTO", "tcp"),
+            ("EVERGREEN_REGISTRY_PORT_7400_TCP_PORT", "7400"),
+            ("EVERGREEN_REGISTRY_PORT_7400_TCP_ADDR", "10.0.0.7"),
+            ("EVERGREEN_DEMO__LIMIT", "30"),
+        ];
+        let c: Demo = load_config(
+            "demo",
+            &ConfigSources {
+                env: env(&links),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.limit, 30, "real config variables still apply");
+        // Near misses are still unknown keys.
+        for typo in [
+            "EVERGREEN_REGISTRY_PORTS",
+            "EVERGREEN_SERVICE_HOSTS",
+            "EVERGREEN_DEMO_LIMIT",
+        ] {
+            let err = load_config::<Demo>(
+                "demo",
+                &ConfigSources {
+                    env: env(&[(typo, "1")]),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("unknown config key"), "{typo}: {err}");
+        }
     }
 
     #[test]
