@@ -13,7 +13,14 @@ use evergreen_trainer::TrainerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
+
+pub mod secure;
+
+use secure::{tokens, Secure};
+
+/// What the sandbox's clients use: with `SandboxBuilder::secure`, TLS and
+/// the admin token on every call.
+pub use evergreen_runtime::client::Channel;
 
 /// Every sandbox daemon serves metrics on a port of its own.
 const METRICS: &str = "127.0.0.1:0";
@@ -34,6 +41,12 @@ pub struct Sandbox {
     monitor_listener: Option<TcpListener>,
     dir: Option<tempfile::TempDir>,
     data_dir: PathBuf,
+    /// "http", or "https" with `SandboxBuilder::secure`: the scheme of the
+    /// URLs the daemons are given for each other.
+    scheme: &'static str,
+    secure: Option<Secure>,
+    /// What the sandbox's own clients (`registry()`, ...) connect with.
+    client: evergreen_runtime::client::Client,
     config: RegistryConfig,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -52,12 +65,22 @@ pub struct SandboxBuilder {
     trainer_tweak: Option<Box<dyn FnOnce(&mut TrainerConfig)>>,
     server: Option<ServerTweak>,
     monitor: Option<MonitorTweak>,
+    secure: bool,
 }
 
 impl SandboxBuilder {
     /// Adjusts the registry's config before start.
     pub fn registry(mut self, f: impl FnOnce(&mut RegistryConfig) + 'static) -> Self {
         self.tweak = Some(Box::new(f));
+        self
+    }
+
+    /// Mutual TLS and tokens on every daemon ([`Secure`]): each daemon
+    /// calls the others at `https://` URLs with its own token (see
+    /// [`secure::tokens`]); the sandbox's clients use the admin token.
+    /// Tweaks run after, so a test can change any of it.
+    pub fn secure(mut self) -> Self {
+        self.secure = true;
         self
     }
 
@@ -98,6 +121,20 @@ impl SandboxBuilder {
 
     pub async fn start(self) -> Sandbox {
         let dir = tempfile::tempdir().expect("temp dir");
+        let scheme = if self.secure { "https" } else { "http" };
+        let secure = self
+            .secure
+            .then(|| Secure::generate(&dir.path().join("secure")));
+        // Sets a daemon config's tls, auth and client (with `token`).
+        macro_rules! secured {
+            ($c:expr, $token:expr) => {
+                if let Some(s) = &secure {
+                    $c.tls = s.tls();
+                    $c.auth = s.auth();
+                    $c.client = s.pki.client($token);
+                }
+            };
+        }
         // The registry asks the monitor about phase-out steps, and starts
         // first: the monitor's port is bound now so its URL is known.
         let monitor_listener = match self.monitor {
@@ -112,10 +149,11 @@ impl SandboxBuilder {
             data_dir: dir.path().join("registry"),
             // No monitor in the sandbox: no health checks.
             monitor_url: monitor_addr
-                .map(|a| format!("http://{a}"))
+                .map(|a| format!("{scheme}://{a}"))
                 .unwrap_or_default(),
             ..Default::default()
         };
+        secured!(config, tokens::REGISTRY_DAEMON);
         if let Some(f) = self.tweak {
             f(&mut config);
         }
@@ -126,6 +164,7 @@ impl SandboxBuilder {
                 data_dir: dir.path().join("trainer"),
                 ..Default::default()
             };
+            secured!(c, tokens::TRAINER_DAEMON);
             if let Some(f) = self.trainer_tweak {
                 f(&mut c);
             }
@@ -137,6 +176,7 @@ impl SandboxBuilder {
                 data_dir: dir.path().join("monitor"),
                 ..Default::default()
             };
+            secured!(c, tokens::MONITOR_DAEMON);
             f(&mut c);
             c
         });
@@ -145,6 +185,7 @@ impl SandboxBuilder {
                 metrics_listen: METRICS.into(),
                 ..Default::default()
             };
+            secured!(c, tokens::SERVER_DAEMON);
             f(&mut c);
             c
         });
@@ -162,6 +203,12 @@ impl SandboxBuilder {
             server_config,
             dir: Some(dir),
             data_dir,
+            scheme,
+            client: secure
+                .as_ref()
+                .map(|s| s.client(tokens::ADMIN))
+                .unwrap_or_default(),
+            secure,
             config,
             stop: None,
             task: None,
@@ -229,7 +276,7 @@ impl Sandbox {
         let mut config = self.server_config.clone().expect("a server was asked for");
         config.registry_url = self.registry_url();
         if let Some(m) = self.monitor_addr {
-            config.monitor_url = format!("http://{m}");
+            config.monitor_url = format!("{}://{m}", self.scheme);
             config.log.flush_ms = 20;
         }
         let (tx, rx) = oneshot::channel::<()>();
@@ -258,7 +305,7 @@ impl Sandbox {
         config.registry_url = self.registry_url();
         config.trainer_url = self
             .trainer_addr
-            .map(|a| format!("http://{a}"))
+            .map(|a| format!("{}://{a}", self.scheme))
             .unwrap_or_default();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -288,28 +335,29 @@ impl Sandbox {
     }
 
     pub async fn monitor(&self) -> evergreen_proto::v1::monitor_client::MonitorClient<Channel> {
-        let addr = self.monitor_addr.expect("sandbox started with .monitor()");
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect to monitor");
-        evergreen_proto::v1::monitor_client::MonitorClient::new(channel)
+        evergreen_proto::v1::monitor_client::MonitorClient::new(
+            self.connect(&self.monitor_url()).await,
+        )
+    }
+
+    pub fn monitor_url(&self) -> String {
+        format!(
+            "{}://{}",
+            self.scheme,
+            self.monitor_addr.expect("sandbox started with .monitor()")
+        )
     }
 
     pub fn server_url(&self) -> String {
         format!(
-            "http://{}",
+            "{}://{}",
+            self.scheme,
             self.server_addr.expect("sandbox started with .server()")
         )
     }
 
     pub async fn server_channel(&self) -> Channel {
-        Channel::from_shared(self.server_url())
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect to server")
+        self.connect(&self.server_url()).await
     }
 
     pub async fn predictor(&self) -> PredictorClient<Channel> {
@@ -333,18 +381,14 @@ impl Sandbox {
 
     pub fn trainer_url(&self) -> String {
         format!(
-            "http://{}",
+            "{}://{}",
+            self.scheme,
             self.trainer_addr.expect("sandbox started with .trainer()")
         )
     }
 
     pub async fn trainer(&self) -> TrainerClient<Channel> {
-        let channel = Channel::from_shared(self.trainer_url())
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect to trainer");
-        TrainerClient::new(channel)
+        TrainerClient::new(self.connect(&self.trainer_url()).await)
     }
 
     /// Stops the trainer gracefully and starts it again on the same data dir.
@@ -364,7 +408,20 @@ impl Sandbox {
     }
 
     pub fn registry_url(&self) -> String {
-        format!("http://{}", self.registry_addr)
+        format!("{}://{}", self.scheme, self.registry_addr)
+    }
+
+    /// A channel to `url` with the sandbox's client (TLS and the admin
+    /// token when secure).
+    pub async fn connect(&self, url: &str) -> Channel {
+        self.client.connect("url", url).await.expect("connect")
+    }
+
+    /// The certificates and tokens (with `SandboxBuilder::secure`).
+    pub fn secure(&self) -> &Secure {
+        self.secure
+            .as_ref()
+            .expect("sandbox started with .secure()")
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -372,11 +429,7 @@ impl Sandbox {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.registry_url())
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect to registry")
+        self.connect(&self.registry_url()).await
     }
 
     pub async fn registry(&self) -> RegistryClient<Channel> {

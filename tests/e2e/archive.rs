@@ -1,6 +1,7 @@
 //! Archive and restore through real gRPC, against a real S3-compatible
 //! server (s3s-fs over HTTP, started here) and a local archive directory.
 
+use evergreen_e2e::Channel;
 use evergreen_e2e::{dataset, req, Sandbox};
 use evergreen_model::{Model, Scratch, Value as Cell};
 use evergreen_proto::v1::{
@@ -10,7 +11,6 @@ use evergreen_proto::v1::{
 };
 use evergreen_s3::testing::TestS3;
 use sha2::{Digest, Sha256};
-use tonic::transport::Channel;
 use tonic::Code;
 
 async fn download(c: &mut RegistryClient<Channel>, spec: &str) -> Result<Vec<u8>, tonic::Status> {

@@ -1,13 +1,13 @@
 //! Bad input gets the right status and a message naming what was wrong, and
 //! the daemon keeps serving.
 
+use evergreen_e2e::Channel;
 use evergreen_e2e::{req, Sandbox};
 use evergreen_proto::v1::registry_client::RegistryClient;
 use evergreen_proto::v1::{
     register_version_request::Part, GetModelRequest, GetVersionRequest, ListModelsRequest,
     ListVersionsRequest, RegisterVersionRequest, SetAliasRequest, WatchRequest,
 };
-use tonic::transport::Channel;
 use tonic::Code;
 
 fn assert_status<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, needles: &[&str]) {

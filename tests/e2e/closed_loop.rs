@@ -227,7 +227,20 @@ async fn logged(sb: &Sandbox, version: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn drift_with_labels_retrains_and_a_bad_promotion_is_rolled_back() {
-    let sb = Sandbox::builder()
+    drift_retrain_rollback(Sandbox::builder()).await;
+}
+
+/// The same story with mutual TLS and bearer tokens on every daemon: the
+/// trainer registers and promotes, the server watches and logs, the monitor
+/// retrains and rolls back — each over TLS with its own token, which holds
+/// only the roles it needs (`evergreen_e2e::secure::tokens`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_closed_loop_runs_with_mutual_tls_and_each_daemons_own_token() {
+    drift_retrain_rollback(Sandbox::builder().secure()).await;
+}
+
+async fn drift_retrain_rollback(builder: evergreen_e2e::SandboxBuilder) {
+    let sb = builder
         .trainer()
         .monitor_with(|c| {
             c.window_rows = 50;

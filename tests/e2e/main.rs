@@ -10,6 +10,7 @@ mod ops;
 mod phaseout;
 mod platform;
 mod s3_artifacts;
+mod security;
 mod server;
 mod trainer;
 mod watch;

@@ -3,6 +3,7 @@
 //! before each step, halts on a regression, survives a restart, and refuses
 //! bad schedules without storing anything.
 
+use evergreen_e2e::Channel;
 use evergreen_e2e::{dataset, req, Sandbox};
 use evergreen_proto::v1::registry_client::RegistryClient;
 use evergreen_proto::v1::{
@@ -12,7 +13,6 @@ use evergreen_proto::v1::{
     SetVersionStatusRequest, StartPhaseoutRequest, TrafficPolicy, UpdatePhaseoutRequest,
     VersionStatus, VersionWeight, WindowKind,
 };
-use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 use crate::closed_loop::{flipped_dataset, load, sample, to_row, train, until};

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use evergreen_e2e::Channel;
 use evergreen_e2e::{dataset, monitor, req, Sandbox};
 use evergreen_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use evergreen_proto::inference::model_infer_request::InferInputTensor;
@@ -20,7 +21,6 @@ use evergreen_proto::v1::{
     RollbackAliasRequest, Row, SetAliasRequest, SetTrafficPolicyRequest, SetVersionStatusRequest,
     TrafficPolicy, TrainRequest, Value, VersionStatus, VersionWeight,
 };
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// The first row of wine.csv (class 0), by position.
@@ -971,9 +971,8 @@ async fn not_serving_until_the_registry_is_reachable_and_the_catalog_loaded() {
         listener,
         std::future::pending(),
     ));
-    let ch = Channel::from_shared(format!("http://{server_addr}"))
-        .unwrap()
-        .connect()
+    let ch = evergreen_runtime::client::Client::default()
+        .connect("server", &format!("http://{server_addr}"))
         .await
         .unwrap();
     let mut health = HealthClient::new(ch.clone());

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use evergreen_e2e::Channel;
 use evergreen_e2e::{dataset, req, Sandbox};
 use evergreen_model::profile::{FeatureProfile, PredictionProfile};
 use evergreen_model::Model;
@@ -14,7 +15,6 @@ use evergreen_proto::v1::{
     RetrainRequest, Row, Stage, TrainJob, TrainRequest, Value,
 };
 use sha2::{Digest, Sha256};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 fn bc_request(model: &str) -> TrainRequest {

@@ -1,10 +1,10 @@
 //! The Watch stream: replay then live, in order, exactly once; resumable;
 //! compacted history; slow watchers never block writers.
 
+use evergreen_e2e::Channel;
 use evergreen_e2e::{req, Sandbox};
 use evergreen_proto::v1::registry_client::RegistryClient;
 use evergreen_proto::v1::{watch_response::Kind, UpdateModelRequest, WatchRequest, WatchResponse};
-use tonic::transport::Channel;
 use tonic::Streaming;
 
 async fn watch(

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use evergreen_proto::metadata;
@@ -17,6 +16,8 @@ use evergreen_proto::v1::{
     SetAliasRequest, SetVersionStatusRequest, UpdateModelRequest, VersionHeader, VersionRef,
     VersionStatus, WatchRequest,
 };
+pub use evergreen_runtime::client::Channel;
+use evergreen_runtime::client::Client;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -24,7 +25,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::output::{self, emit, emit_json};
@@ -83,23 +83,39 @@ pub fn actor_value(actor: &str) -> anyhow::Result<AsciiMetadataValue> {
 /// `url` (the value of its `--daemon` flag; `http://` is assumed when no
 /// scheme is given). Unreachable is UNAVAILABLE naming the daemon, the
 /// address, and the flag and environment variable that set it.
+///
+/// TLS (`https://`) and the bearer token come from `--ca`, `--cert`,
+/// `--key`, `--token`/`--token-file`, read once by `main` ([`set_client`]).
 pub async fn connect(url: &str, daemon: &str) -> anyhow::Result<Channel> {
     let url = if url.contains("://") {
         url.to_string()
     } else {
         format!("http://{url}")
     };
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| anyhow!("invalid --{daemon} URL {url:?}: {e}"))?
-        .connect_timeout(Duration::from_secs(5));
-    endpoint.connect().await.map_err(|e| {
-        Status::unavailable(format!(
-            "cannot reach the {daemon} at {url} (set --{daemon} or EVERGREEN_{}_URL): {}",
+    let client = CLIENT.get().cloned().unwrap_or_default();
+    let endpoint = client.endpoint(&format!("--{daemon}"), &url)?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        let tls = if url.starts_with("https://") {
+            " (TLS: --ca, --cert, --key)"
+        } else {
+            ""
+        };
+        anyhow::Error::from(Status::unavailable(format!(
+            "cannot reach the {daemon} at {url} (set --{daemon} or EVERGREEN_{}_URL){tls}: {}",
             daemon.to_uppercase(),
             error_chain(&e)
-        ))
-        .into()
-    })
+        )))
+    })?;
+    Ok(client.wrap(channel))
+}
+
+/// The TLS settings and token every [`connect`] uses (set once, from the
+/// global flags).
+static CLIENT: std::sync::OnceLock<Client> = std::sync::OnceLock::new();
+
+/// Sets what [`connect`] uses; the first call wins.
+pub fn set_client(client: Client) {
+    let _ = CLIENT.set(client);
 }
 
 impl Ctx {

@@ -76,6 +76,33 @@ struct Cli {
     #[arg(long, global = true, env = "EVERGREEN_ACTOR", value_name = "NAME")]
     actor: Option<String>,
 
+    /// Bearer token sent with every call (daemons with auth need one).
+    #[arg(
+        long,
+        global = true,
+        env = "EVERGREEN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
+
+    /// File holding the bearer token (instead of --token).
+    #[arg(long, global = true, env = "EVERGREEN_TOKEN_FILE", value_name = "PATH")]
+    token_file: Option<PathBuf>,
+
+    /// PEM CA bundle that signs the daemons' certificates, for https:// URLs
+    /// [default: the system roots].
+    #[arg(long, global = true, env = "EVERGREEN_CA", value_name = "PATH")]
+    ca: Option<PathBuf>,
+
+    /// PEM client certificate, for daemons that require mutual TLS.
+    #[arg(long, global = true, env = "EVERGREEN_CERT", value_name = "PATH")]
+    cert: Option<PathBuf>,
+
+    /// PEM private key of --cert.
+    #[arg(long, global = true, env = "EVERGREEN_KEY", value_name = "PATH")]
+    key: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -628,7 +655,16 @@ pub fn code_name(code: Code) -> &'static str {
 fn report(err: &anyhow::Error) {
     match err.downcast_ref::<Status>() {
         Some(s) if s.message().is_empty() => eprintln!("error: {}", code_name(s.code())),
-        Some(s) => eprintln!("error: {}: {}", code_name(s.code()), s.message()),
+        // A transport failure (e.g. a TLS handshake refused) says why.
+        Some(s) => match std::error::Error::source(s) {
+            Some(cause) => eprintln!(
+                "error: {}: {}: {}",
+                code_name(s.code()),
+                s.message(),
+                commands::error_chain(cause)
+            ),
+            None => eprintln!("error: {}: {}", code_name(s.code()), s.message()),
+        },
         None => eprintln!("error: {err:#}"),
     }
 }
@@ -960,6 +996,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let client = evergreen_runtime::ClientConfig {
+        ca: cli.ca.clone().unwrap_or_default(),
+        cert: cli.cert.clone().unwrap_or_default(),
+        key: cli.key.clone().unwrap_or_default(),
+        token_file: cli.token_file.clone().unwrap_or_default(),
+        token: cli.token.clone().unwrap_or_default(),
+    };
+    match evergreen_runtime::client::Client::new(&client, &evergreen_runtime::client::Keys::Flags) {
+        Ok(c) => commands::set_client(c),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    }
     match run(cli).await {
         Ok(code) => code,
         Err(err) => {

@@ -1,6 +1,7 @@
 //! `health`, `versions compare`, `signals` and `monitoring get|set`: talk to
 //! the monitor (and to the registry for versions and aliases).
 
+use crate::commands::Channel;
 use clap::{ArgAction, Args, ValueEnum};
 use evergreen_proto::v1::monitor_client::MonitorClient;
 use evergreen_proto::v1::{
@@ -8,7 +9,6 @@ use evergreen_proto::v1::{
     WatchSignalsRequest, WindowKind,
 };
 use serde_json::Value;
-use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::commands::Ctx;

@@ -1,6 +1,7 @@
 //! `evergreen phaseout`: start a gradual phase-out (a schedule the registry
 //! runs), show its progress, pause, resume or abort it.
 
+use crate::commands::Channel;
 use clap::{Args, Subcommand};
 use evergreen_proto::metadata;
 use evergreen_proto::v1::registry_client::RegistryClient;
@@ -10,7 +11,6 @@ use evergreen_proto::v1::{
 };
 use serde_json::{json, Value};
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::Channel;
 use tonic::Request;
 
 use crate::commands::{actor_value, connect};

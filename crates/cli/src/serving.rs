@@ -2,13 +2,13 @@
 
 use std::path::Path;
 
+use crate::commands::Channel;
 use anyhow::{anyhow, Context};
 use evergreen_proto::v1::predictor_client::PredictorClient;
 use evergreen_proto::v1::{
     value, ListServedRequest, PredictRequest, PredictResponse, Row, Value as PbValue, VersionStatus,
 };
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 use crate::output::{self, emit, emit_json, Table};
 

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
+use crate::commands::Channel;
 use evergreen_proto::metadata;
 use evergreen_proto::v1::trainer_client::TrainerClient;
 use evergreen_proto::v1::{
@@ -13,7 +14,6 @@ use evergreen_proto::v1::{
 };
 use serde_json::{json, Value};
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::Channel;
 use tonic::{Request, Status, Streaming};
 
 use crate::output::{self, emit, emit_json, Table};

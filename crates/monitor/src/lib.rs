@@ -28,18 +28,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use evergreen_proto::v1::monitor_server::MonitorServer;
+use evergreen_runtime::client::{Channel, Client};
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
-use tonic::transport::Channel;
 
 pub use crate::config::MonitorConfig;
 use crate::grpc::MonitorGrpc;
 
-fn channel(key: &str, url: &str) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(url.to_string())
-        .map_err(|e| anyhow::anyhow!("invalid monitor.{key}: {e}"))?
-        .connect_timeout(Duration::from_secs(3))
-        .connect_lazy())
+/// A lazily connected channel to the daemon at `url` (config key
+/// `monitor.{key}`), TLS and token per `[monitor.client]`.
+fn channel(client: &Client, key: &str, url: &str) -> anyhow::Result<Channel> {
+    let endpoint = client
+        .endpoint(&format!("monitor.{key}"), url)?
+        .connect_timeout(Duration::from_secs(3));
+    Ok(client.lazy(endpoint))
 }
 
 /// Runs the monitor on `listener` until `shutdown` resolves; window state
@@ -51,11 +53,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let shell = evergreen_runtime::DaemonConfig::shell(&config);
-    let registry = channel("registry_url", &config.registry_url)?;
+    let client = Client::new(
+        &config.client,
+        &evergreen_runtime::client::Keys::Config("monitor.client".into()),
+    )?;
+    let registry = channel(&client, "registry_url", &config.registry_url)?;
     let trainer = if config.trainer_url.is_empty() {
         None
     } else {
-        Some(channel("trainer_url", &config.trainer_url)?)
+        Some(channel(&client, "trainer_url", &config.trainer_url)?)
     };
     let (actions_tx, mut actions_rx) = tokio::sync::mpsc::unbounded_channel();
     let persist_every = Duration::from_millis(config.persist_ms);

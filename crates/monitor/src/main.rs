@@ -21,6 +21,10 @@ struct Args {
     /// Listen address [default: 127.0.0.1:7403].
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Serve without auth on a non-loopback `listen` address (refused
+    /// otherwise; sets `insecure = true`).
+    #[arg(long)]
+    insecure: bool,
     /// Registry URL [default: http://127.0.0.1:7400].
     #[arg(long)]
     registry: Option<String>,
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
     let sources = ConfigSources::from_process(args.config)
         .log_format(args.log_format)
         .flag("listen", args.listen)
+        .flag("insecure", args.insecure.then_some(true))
         .flag("registry_url", args.registry)
         .flag("trainer_url", args.trainer)
         .flag("data_dir", args.data_dir.map(|p| p.display().to_string()));

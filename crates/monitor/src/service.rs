@@ -19,9 +19,9 @@ use evergreen_model::Model;
 use evergreen_proto::v1 as pb;
 use evergreen_proto::v1::registry_client::RegistryClient;
 use evergreen_proto::v1::trainer_client::TrainerClient;
+use evergreen_runtime::client::Channel;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Mutex as AsyncMutex};
-use tonic::transport::Channel;
 
 use crate::config::MonitorConfig;
 use crate::drift::{dataset_drift, FeatureDrift};

@@ -184,7 +184,8 @@ pub struct Archiver {
     store: Arc<Store>,
     artifacts: Arc<dyn ArtifactStore>,
     target: Target,
-    monitor_url: String,
+    /// The monitor, for the manifest's monitoring history (None = none).
+    monitor: Option<evergreen_runtime::client::Channel>,
     tmp: PathBuf,
     busy: Mutex<HashSet<(String, u64)>>,
 }
@@ -223,14 +224,14 @@ impl Archiver {
         store: Arc<Store>,
         artifacts: Arc<dyn ArtifactStore>,
         target: Target,
-        monitor_url: &str,
+        monitor: Option<evergreen_runtime::client::Channel>,
         tmp: PathBuf,
     ) -> Self {
         Archiver {
             store,
             artifacts,
             target,
-            monitor_url: monitor_url.to_string(),
+            monitor,
             tmp,
             busy: Mutex::new(HashSet::new()),
         }
@@ -300,16 +301,9 @@ impl Archiver {
     async fn monitoring(&self, model: &str, version: u64) -> Value {
         use evergreen_proto::v1::monitor_client::MonitorClient;
         use evergreen_proto::v1::{GetReportRequest, WindowKind};
-        if self.monitor_url.is_empty() {
+        let Some(channel) = self.monitor.clone() else {
             return json!({"unavailable": "no monitor configured (registry.monitor_url)"});
-        }
-        let Ok(endpoint) = tonic::transport::Channel::from_shared(self.monitor_url.clone()) else {
-            return json!({"unavailable": "invalid monitor URL"});
         };
-        let channel = endpoint
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .timeout(std::time::Duration::from_secs(5))
-            .connect_lazy();
         match MonitorClient::new(channel)
             .get_report(GetReportRequest {
                 model: model.to_string(),

@@ -77,11 +77,16 @@ pub async fn run(
         config.inline_artifact_bytes as usize,
         large,
     ));
+    let client = evergreen_runtime::client::Client::new(
+        &config.client,
+        &evergreen_runtime::client::Keys::Config("registry.client".into()),
+    )?;
+    let monitor = monitor::channel(&client, &config.monitor_url)?;
     let archiver = Arc::new(archive::Archiver::new(
         store.clone(),
         artifacts.clone(),
         archive::Target::new(&config.archive.s3, &config.archive_dir()).await,
-        &config.monitor_url,
+        monitor.clone(),
         config.data_dir.join("tmp"),
     ));
     let registry = Arc::new(service::Registry::new(
@@ -91,7 +96,7 @@ pub async fn run(
     ));
     let phaseouts = Arc::new(phaseout::Phaseouts::new(
         store.clone(),
-        monitor::HealthCheck::new(&config.monitor_url)?,
+        monitor::HealthCheck::new(&config.monitor_url, monitor),
     ));
     // The phase-out scheduler: stopped by the shutdown signal, awaited
     // before the store closes.

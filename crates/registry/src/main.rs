@@ -25,6 +25,10 @@ struct Args {
     /// Listen address [default: 127.0.0.1:7400].
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Serve without auth on a non-loopback `listen` address (refused
+    /// otherwise; sets `insecure = true`).
+    #[arg(long)]
+    insecure: bool,
     /// Data directory [default: ./.evergreen/registry].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
     let sources = ConfigSources::from_process(args.config)
         .log_format(args.log_format)
         .flag("listen", args.listen)
+        .flag("insecure", args.insecure.then_some(true))
         .flag("data_dir", args.data_dir.map(|p| p.display().to_string()));
     evergreen_runtime::daemon_main::<RegistryConfig, _, _>(
         "evergreen-registry",

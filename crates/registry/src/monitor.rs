@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use evergreen_proto::v1::monitor_client::MonitorClient;
 use evergreen_proto::v1::{GetReportRequest, WindowKind};
-use tonic::transport::Channel;
+use evergreen_runtime::client::Channel;
 use tonic::Code;
 
 /// How long one health check may take before it counts as unreachable.
@@ -28,6 +28,24 @@ pub enum Health {
     Unchecked,
 }
 
+/// The registry's channel to the monitor at `url` ("" = none): lazily
+/// connected (an unreachable monitor only shows when it is asked), TLS and
+/// token per `[registry.client]`; used by the health checks and by the
+/// archive manifest's monitoring history.
+pub fn channel(
+    client: &evergreen_runtime::client::Client,
+    url: &str,
+) -> anyhow::Result<Option<Channel>> {
+    if url.is_empty() {
+        return Ok(None);
+    }
+    let endpoint = client
+        .endpoint("registry.monitor_url", url)?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(CHECK_TIMEOUT);
+    Ok(Some(client.lazy(endpoint)))
+}
+
 /// A lazily connected client; `None` when no monitor is configured.
 #[derive(Clone)]
 pub struct HealthCheck {
@@ -35,19 +53,12 @@ pub struct HealthCheck {
 }
 
 impl HealthCheck {
-    /// `url` as validated by the config ("" = no checks). Never connects
-    /// here: an unreachable monitor only shows when a check is due.
-    pub fn new(url: &str) -> anyhow::Result<Self> {
-        if url.is_empty() {
-            return Ok(Self { client: None });
+    /// Checks against the monitor at `url` over `channel` (see
+    /// [`channel`]); `None` = no checks.
+    pub fn new(url: &str, channel: Option<Channel>) -> Self {
+        Self {
+            client: channel.map(|c| (url.to_string(), MonitorClient::new(c))),
         }
-        let endpoint = Channel::from_shared(url.to_string())
-            .map_err(|e| anyhow::anyhow!("invalid registry.monitor_url = {url:?}: {e}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(CHECK_TIMEOUT);
-        Ok(Self {
-            client: Some((url.to_string(), MonitorClient::new(endpoint.connect_lazy()))),
-        })
     }
 
     pub fn disabled() -> Self {

@@ -45,7 +45,9 @@ where
         .and_then(|c| {
             crate::metrics::parse_listen(section, &c.shell().metrics_listen)?;
             Ok(c)
-        }) {
+        })
+        .and_then(|c| crate::auth::Security::prepare(&c.shell(), c.listen()).map(|_| c))
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{name}: {e:#}");

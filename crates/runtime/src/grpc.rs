@@ -36,6 +36,8 @@ pub async fn serve(
     shell.health.add_to(&mut routes);
 
     let grpc_addr = listener.local_addr()?;
+    // TLS and bearer-token auth (crate::tls, crate::auth).
+    let security = crate::auth::Security::prepare(shell, grpc_addr)?;
     let _metrics = crate::metrics::start(shell, grpc_addr).await?;
     let drain = crate::drain::Drain::new(shell);
     let incoming = drain.incoming(TcpIncoming::from(listener).with_nodelay(Some(true)));
@@ -59,9 +61,15 @@ pub async fn serve(
             "listener closed; waiting for in-flight calls"
         );
     };
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = security.tls {
+        builder = builder.tls_config(tls).context("configuring TLS")?;
+    }
+    let server = builder
         .max_concurrent_streams(shell.limits.max_concurrent_streams)
+        // Outermost first: RPC metrics also count calls auth refuses.
         .layer(crate::rpc::RpcLayer::new(shell))
+        .layer(security.auth)
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(incoming, signal);
     let began = async move {

@@ -7,6 +7,8 @@
 //! lives here so each daemon's crate holds only its own domain. No domain code
 //! belongs in this crate.
 
+pub mod auth;
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod drain;
@@ -17,6 +19,7 @@ pub mod rpc;
 pub mod shell;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::{load_config, ConfigSources};
 pub use daemon::{daemon_main, DaemonConfig, Shutdown};

@@ -110,6 +110,8 @@ pub struct Shell {
     pub shutdown_delay_ms: u64,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
+    /// How this daemon calls the others (checked at start-up).
+    pub client: ClientConfig,
     pub limits: LimitsConfig,
     /// gRPC health and `/readyz`.
     pub health: Health,
@@ -128,8 +130,8 @@ pub fn default_metrics_listen(grpc_port: u16) -> String {
 
 /// Implements [`crate::DaemonConfig::shell`] for a config struct that has
 /// the shared fields (`listen`, `metrics_listen`, `insecure`,
-/// `shutdown_grace_seconds`, `shutdown_delay_ms`, `tls`, `auth`, `limits`).
-/// Each call makes a new health state and metrics registry.
+/// `shutdown_grace_seconds`, `shutdown_delay_ms`, `tls`, `auth`, `client`,
+/// `limits`). Each call makes a new health state and metrics registry.
 #[macro_export]
 macro_rules! shell_of {
     ($name:literal, $cfg:expr) => {
@@ -142,6 +144,7 @@ macro_rules! shell_of {
             shutdown_delay_ms: $cfg.shutdown_delay_ms,
             tls: $cfg.tls.clone(),
             auth: $cfg.auth.clone(),
+            client: $cfg.client.clone(),
             limits: $cfg.limits.clone(),
             health: $crate::Health::new(),
             metrics: $crate::Metrics::new($name),

@@ -30,18 +30,22 @@ use evergreen_proto::v1::predictor_server::PredictorServer;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::service::RoutesBuilder;
-use tonic::transport::Channel;
 
 pub use crate::config::ServerConfig;
 use crate::grpc::PredictorGrpc;
 use crate::v2::V2Grpc;
 
-fn lazy_channel(url: &str, what: &str) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(url.to_string())
-        .map_err(|e| anyhow::anyhow!("invalid server.{what} {url:?}: {e}"))?
-        .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true)
-        .connect_lazy())
+/// A lazily connected channel to the daemon at `url` (config key
+/// `server.{what}`), TLS and token per `[server.client]`.
+fn lazy_channel(
+    client: &evergreen_runtime::client::Client,
+    url: &str,
+    what: &str,
+) -> anyhow::Result<evergreen_runtime::client::Channel> {
+    let endpoint = client
+        .endpoint(&format!("server.{what}"), url)?
+        .connect_timeout(Duration::from_secs(3));
+    Ok(client.lazy(endpoint))
 }
 
 /// Runs the server on `listener` until `shutdown` resolves. Health reports
@@ -55,12 +59,16 @@ pub async fn run(
     let shell = evergreen_runtime::DaemonConfig::shell(&config);
     let config = Arc::new(config);
     let catalog = Arc::new(ArcSwap::from_pointee(catalog::Catalog::default()));
-    let registry = lazy_channel(&config.registry_url, "registry_url")?;
+    let client = evergreen_runtime::client::Client::new(
+        &config.client,
+        &evergreen_runtime::client::Keys::Config("server.client".into()),
+    )?;
+    let registry = lazy_channel(&client, &config.registry_url, "registry_url")?;
     let log = if config.monitor_url.is_empty() {
         None
     } else {
         Some(log::LogShipper::start(
-            lazy_channel(&config.monitor_url, "monitor_url")?,
+            lazy_channel(&client, &config.monitor_url, "monitor_url")?,
             &config.log,
         ))
     };

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use evergreen_proto::v1::monitor_client::MonitorClient;
 use evergreen_proto::v1::{PredictionLog, PredictionLogBatch};
+use evergreen_runtime::client::Channel;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use crate::catalog::stable_hash;
 use crate::config::LogConfig;

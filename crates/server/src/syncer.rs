@@ -19,9 +19,9 @@ use evergreen_proto::v1::{
     version_ref, watch_response, DownloadArtifactRequest, GetModelRequest, ListModelsRequest,
     ListVersionsRequest, Model as PbModel, ModelVersion, VersionRef, VersionStatus, WatchRequest,
 };
+use evergreen_runtime::client::Channel;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
-use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::catalog::{Catalog, Failure, Loaded, ModelEntry, VersionInfo};

@@ -807,7 +807,7 @@ mod tests {
     #[tokio::test]
     async fn jobs_interrupted_by_a_crash_read_as_failed_after_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let registry = Registry::connect_lazy("http://127.0.0.1:1").unwrap();
+        let registry = Registry::connect_lazy(&Default::default(), "http://127.0.0.1:1").unwrap();
         {
             let jobs = Jobs::open(dir.path(), registry.clone(), 1, Default::default()).unwrap();
             let job = JobRecord {

@@ -37,7 +37,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let shell = evergreen_runtime::DaemonConfig::shell(&config);
-    let registry = registry::Registry::connect_lazy(&config.registry_url)?;
+    let client = evergreen_runtime::client::Client::new(
+        &config.client,
+        &evergreen_runtime::client::Keys::Config("trainer.client".into()),
+    )?;
+    let registry = registry::Registry::connect_lazy(&client, &config.registry_url)?;
     let jobs = jobs::Jobs::open(
         &config.data_dir,
         registry,

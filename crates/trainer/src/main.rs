@@ -25,6 +25,10 @@ struct Args {
     /// Listen address [default: 127.0.0.1:7401].
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Serve without auth on a non-loopback `listen` address (refused
+    /// otherwise; sets `insecure = true`).
+    #[arg(long)]
+    insecure: bool,
     /// Data directory for job records [default: ./.evergreen/trainer].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
     let sources = ConfigSources::from_process(args.config)
         .log_format(args.log_format)
         .flag("listen", args.listen)
+        .flag("insecure", args.insecure.then_some(true))
         .flag("data_dir", args.data_dir.map(|p| p.display().to_string()))
         .flag("registry_url", args.registry);
     evergreen_runtime::daemon_main::<TrainerConfig, _, _>(

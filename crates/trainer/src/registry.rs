@@ -11,7 +11,7 @@ use evergreen_proto::v1::{
     DownloadArtifactRequest, GetModelRequest, GetVersionRequest, RegisterVersionRequest,
     SetAliasRequest, VersionHeader, VersionRef,
 };
-use tonic::transport::Channel;
+use evergreen_runtime::client::{Channel, Client};
 use tonic::{Code, Request};
 
 use crate::error::TrainError;
@@ -72,12 +72,11 @@ pub fn schema_to_proto(s: &Schema) -> pb::FeatureSchema {
 }
 
 impl Registry {
-    pub fn connect_lazy(url: &str) -> Result<Self, TrainError> {
-        let endpoint = Channel::from_shared(url.to_string())
-            .map_err(|e| TrainError::InvalidArgument(format!("registry url {url:?}: {e}")))?
-            .connect_timeout(std::time::Duration::from_secs(5));
+    /// A lazily connected client of the registry at `url`, TLS and token
+    /// per `client` (the `[trainer.client]` table).
+    pub fn connect_lazy(client: &Client, url: &str) -> anyhow::Result<Self> {
         Ok(Registry {
-            client: RegistryClient::new(endpoint.connect_lazy()),
+            client: RegistryClient::new(client.lazy_channel("trainer.registry_url", url)?),
         })
     }
 

@@ -1,0 +1,691 @@
+//! Bearer tokens with roles, checked for every call before it reaches a
+//! daemon's service.
+//!
+//! [`RPC_ROLES`] is the one table of every RPC Evergreen serves and the role
+//! it needs; a unit test fails when an RPC of the compiled contracts is
+//! missing from it, so a new RPC cannot be served unprotected. gRPC health
+//! and reflection stay open (Kubernetes probes, grpcurl discovery).
+//!
+//! Rules: `admin` may call everything; every role may call what needs
+//! `reader`; otherwise the token must hold the role the RPC needs. A token
+//! may hold several roles (one line per role). Tokens are compared as
+//! SHA-256 digests in constant time and never logged or echoed.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Ready;
+use std::path::Path;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use anyhow::{anyhow, bail};
+use futures::future::Either;
+use sha2::{Digest, Sha256};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
+
+use crate::shell::AuthConfig;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Read anything, watch, predict, reports; log predictions.
+    Reader,
+    /// Register versions, upload artifacts, train and retrain, send labels.
+    Trainer,
+    /// Aliases, traffic policies, lifecycle (deprecate, retire, archive,
+    /// restore, phase-out), monitoring policies.
+    Deployer,
+    /// Everything, including deletes.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Reader, Role::Trainer, Role::Deployer, Role::Admin];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Reader => "reader",
+            Role::Trainer => "trainer",
+            Role::Deployer => "deployer",
+            Role::Admin => "admin",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == s)
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+use Role::{Admin, Deployer, Reader, Trainer};
+
+/// Every RPC and the role it needs (path as on the wire).
+pub const RPC_ROLES: &[(&str, Role)] = &[
+    // Registry: models.
+    ("/evergreen.v1.Registry/CreateModel", Trainer),
+    ("/evergreen.v1.Registry/GetModel", Reader),
+    ("/evergreen.v1.Registry/ListModels", Reader),
+    ("/evergreen.v1.Registry/UpdateModel", Deployer),
+    ("/evergreen.v1.Registry/DeleteModel", Admin),
+    // Registry: versions.
+    ("/evergreen.v1.Registry/RegisterVersion", Trainer),
+    ("/evergreen.v1.Registry/GetVersion", Reader),
+    ("/evergreen.v1.Registry/ListVersions", Reader),
+    ("/evergreen.v1.Registry/DownloadArtifact", Reader),
+    ("/evergreen.v1.Registry/SetVersionStatus", Deployer),
+    ("/evergreen.v1.Registry/DeleteVersion", Admin),
+    ("/evergreen.v1.Registry/Archive", Deployer),
+    ("/evergreen.v1.Registry/Restore", Deployer),
+    // Registry: aliases, traffic, history, phase-out, watch.
+    ("/evergreen.v1.Registry/SetAlias", Deployer),
+    ("/evergreen.v1.Registry/DeleteAlias", Deployer),
+    ("/evergreen.v1.Registry/RollbackAlias", Deployer),
+    ("/evergreen.v1.Registry/SetTrafficPolicy", Deployer),
+    ("/evergreen.v1.Registry/History", Reader),
+    ("/evergreen.v1.Registry/StartPhaseout", Deployer),
+    ("/evergreen.v1.Registry/GetPhaseout", Reader),
+    ("/evergreen.v1.Registry/UpdatePhaseout", Deployer),
+    ("/evergreen.v1.Registry/Watch", Reader),
+    // Trainer.
+    ("/evergreen.v1.Trainer/Train", Trainer),
+    ("/evergreen.v1.Trainer/SubmitJob", Trainer),
+    ("/evergreen.v1.Trainer/GetJob", Reader),
+    ("/evergreen.v1.Trainer/ListJobs", Reader),
+    ("/evergreen.v1.Trainer/CancelJob", Trainer),
+    ("/evergreen.v1.Trainer/WatchJob", Reader),
+    ("/evergreen.v1.Trainer/Retrain", Trainer),
+    // Prediction server: Evergreen's API and the Open Inference Protocol.
+    ("/evergreen.v1.Predictor/Predict", Reader),
+    ("/evergreen.v1.Predictor/ListServed", Reader),
+    ("/inference.GRPCInferenceService/ServerLive", Reader),
+    ("/inference.GRPCInferenceService/ServerReady", Reader),
+    ("/inference.GRPCInferenceService/ModelReady", Reader),
+    ("/inference.GRPCInferenceService/ServerMetadata", Reader),
+    ("/inference.GRPCInferenceService/ModelMetadata", Reader),
+    ("/inference.GRPCInferenceService/ModelInfer", Reader),
+    // Monitor. The server's prediction log needs only `reader`: a reader
+    // can already put any traffic in it by calling Predict. Labels change
+    // realized performance (and so rollbacks), so they need `trainer`.
+    ("/evergreen.v1.Monitor/LogPredictions", Reader),
+    ("/evergreen.v1.Monitor/RecordFeedback", Trainer),
+    ("/evergreen.v1.Monitor/GetDrift", Reader),
+    ("/evergreen.v1.Monitor/GetReport", Reader),
+    ("/evergreen.v1.Monitor/SetPolicy", Deployer),
+    ("/evergreen.v1.Monitor/GetPolicy", Reader),
+    ("/evergreen.v1.Monitor/ListSignals", Reader),
+    ("/evergreen.v1.Monitor/WatchSignals", Reader),
+];
+
+/// Services callable without a token.
+pub const OPEN_SERVICES: &[&str] = &[
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// The role `path` ("/package.Service/Method") needs: `None` for the open
+/// services; an RPC missing from the table needs `admin` (deny by default).
+pub fn required_role(path: &str) -> Option<Role> {
+    let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    if OPEN_SERVICES.contains(&service) {
+        return None;
+    }
+    Some(
+        RPC_ROLES
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, r)| *r)
+            .unwrap_or(Admin),
+    )
+}
+
+/// A set of roles.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Roles(u8);
+
+impl Roles {
+    pub fn of(roles: &[Role]) -> Roles {
+        Roles(roles.iter().fold(0, |acc, r| acc | r.bit()))
+    }
+
+    pub fn contains(self, r: Role) -> bool {
+        self.0 & r.bit() != 0
+    }
+
+    /// Whether these roles may call an RPC that needs `needed`.
+    pub fn allow(self, needed: Role) -> bool {
+        self.contains(Admin) || self.contains(needed) || (needed == Reader && self.0 != 0)
+    }
+
+    fn names(self) -> String {
+        let v: Vec<&str> = Role::ALL
+            .into_iter()
+            .filter(|r| self.contains(*r))
+            .map(Role::name)
+            .collect();
+        v.join(", ")
+    }
+}
+
+/// The accepted tokens (SHA-256 digests) and their roles.
+pub struct Tokens {
+    entries: Vec<([u8; 32], Roles)>,
+}
+
+impl fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tokens({} tokens, <redacted>)", self.entries.len())
+    }
+}
+
+fn digest(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+impl Tokens {
+    /// The tokens of `[section.auth]`; `None` when both sources are empty
+    /// (auth off). Errors name the key, file and line — never the token.
+    pub fn load(section: &str, auth: &AuthConfig) -> anyhow::Result<Option<Tokens>> {
+        let mut pairs: Vec<(Role, String)> = Vec::new();
+        if !auth.tokens_file.as_os_str().is_empty() {
+            let key = format!("{section}.auth.tokens_file");
+            pairs.extend(parse_file(&key, &auth.tokens_file)?);
+        }
+        if !auth.tokens.trim().is_empty() {
+            let key = format!("{section}.auth.tokens");
+            for (i, item) in auth.tokens.split(',').enumerate() {
+                let item = item.trim();
+                let (role, token) = item
+                    .split_once(':')
+                    .ok_or_else(|| anyhow!("invalid {key}: entry {} is not ROLE:TOKEN", i + 1))?;
+                pairs.push((
+                    parse_role(&key, &format!("entry {}", i + 1), role.trim())?,
+                    {
+                        check_token(&key, &format!("entry {}", i + 1), token.trim())?;
+                        token.trim().to_string()
+                    },
+                ));
+            }
+        }
+        if pairs.is_empty() {
+            if !auth.tokens_file.as_os_str().is_empty() {
+                bail!(
+                    "{section}.auth.tokens_file {} holds no token: expected lines `ROLE TOKEN`",
+                    auth.tokens_file.display()
+                );
+            }
+            return Ok(None);
+        }
+        let mut by_token: HashMap<String, Roles> = HashMap::new();
+        for (role, token) in pairs {
+            let r = by_token.entry(token).or_default();
+            *r = Roles(r.0 | role.bit());
+        }
+        Ok(Some(Tokens {
+            entries: by_token
+                .into_iter()
+                .map(|(t, r)| (digest(t.as_bytes()), r))
+                .collect(),
+        }))
+    }
+
+    /// The roles of `token` (empty when unknown). Every entry is compared,
+    /// in constant time, whatever matches.
+    pub fn roles(&self, token: &str) -> Roles {
+        let d = digest(token.as_bytes());
+        let mut roles = 0u8;
+        for (e, r) in &self.entries {
+            let hit = e.ct_eq(&d);
+            roles |= u8::conditional_select(&0, &r.0, hit);
+        }
+        Roles(roles)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+fn parse_role(key: &str, at: &str, s: &str) -> anyhow::Result<Role> {
+    Role::parse(s).ok_or_else(|| {
+        anyhow!(
+            "invalid {key}: {at}: unknown role {s:?}; expected reader, trainer, deployer or admin"
+        )
+    })
+}
+
+fn check_token(key: &str, at: &str, token: &str) -> anyhow::Result<()> {
+    if token.is_empty() {
+        bail!("invalid {key}: {at}: empty token");
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        bail!("invalid {key}: {at}: a token is printable ASCII without spaces");
+    }
+    Ok(())
+}
+
+fn parse_file(key: &str, path: &Path) -> anyhow::Result<Vec<(Role, String)>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow!("cannot read {key} {}: {e}", path.display()))?;
+    let key = format!("{key} {}", path.display());
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = format!("line {}", n + 1);
+        let mut parts = line.split_whitespace();
+        let (Some(role), Some(token), None) = (parts.next(), parts.next(), parts.next()) else {
+            bail!("invalid {key}: {at}: expected `ROLE TOKEN`");
+        };
+        let role = parse_role(&key, &at, role)?;
+        check_token(&key, &at, token)?;
+        out.push((role, token.to_string()));
+    }
+    Ok(out)
+}
+
+/// The decision for one call: `Ok` to pass it on, or the status to answer.
+pub fn check(
+    tokens: &Tokens,
+    path: &str,
+    authorization: Option<&[u8]>,
+) -> Result<(), tonic::Status> {
+    let Some(needed) = required_role(path) else {
+        return Ok(());
+    };
+    let Some(value) = authorization else {
+        return Err(tonic::Status::unauthenticated(
+            "missing bearer token: set --token or EVERGREEN_TOKEN",
+        ));
+    };
+    let token = std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+        .ok_or_else(|| {
+            tonic::Status::unauthenticated(
+                "malformed authorization header: expected `Bearer <token>`",
+            )
+        })?;
+    let roles = tokens.roles(token);
+    if roles == Roles::default() {
+        return Err(tonic::Status::unauthenticated("unknown bearer token"));
+    }
+    if roles.allow(needed) {
+        return Ok(());
+    }
+    let method = path.trim_start_matches('/');
+    let needs = match needed {
+        Admin => "the admin role".to_string(),
+        r => format!("the {r} role (or admin)"),
+    };
+    Err(tonic::Status::permission_denied(format!(
+        "{method} needs {needs}; this token has {}",
+        roles.names()
+    )))
+}
+
+/// The tower layer [`crate::serve`] puts in front of every service. `None`
+/// tokens = auth off (everything passes).
+#[derive(Clone, Default)]
+pub struct AuthLayer {
+    tokens: Option<Arc<Tokens>>,
+}
+
+impl AuthLayer {
+    pub fn new(tokens: Option<Tokens>) -> Self {
+        Self {
+            tokens: tokens.map(Arc::new),
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            tokens: self.tokens.clone(),
+            inner,
+        }
+    }
+}
+
+/// See [`AuthLayer`].
+#[derive(Clone)]
+pub struct Auth<S> {
+    tokens: Option<Arc<Tokens>>,
+    inner: S,
+}
+
+impl<S, B, R> tower_service::Service<http::Request<B>> for Auth<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
+    R: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Either<S::Future, Ready<Result<http::Response<R>, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if let Some(tokens) = &self.tokens {
+            let header = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
+            if let Err(status) = check(tokens, req.uri().path(), header) {
+                return Either::Right(std::future::ready(Ok(status.into_http())));
+            }
+        }
+        Either::Left(self.inner.call(req))
+    }
+}
+
+/// What [`crate::serve`] applies besides the routes: TLS and the auth
+/// layer, read from a daemon's [`crate::Shell`] and checked once.
+#[derive(Debug)]
+pub struct Security {
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    pub auth: AuthLayer,
+}
+
+impl fmt::Debug for AuthLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.tokens {
+            Some(t) => write!(f, "AuthLayer({t:?})"),
+            None => f.write_str("AuthLayer(off)"),
+        }
+    }
+}
+
+impl Security {
+    /// Reads the TLS files, the tokens and the client settings of `shell`
+    /// (errors name the key and path), and refuses a non-loopback `listen`
+    /// without auth unless `insecure`. [`crate::daemon_main`] calls it
+    /// before binding (exit code 2); `serve` calls it again.
+    pub fn prepare(shell: &crate::Shell, listen: std::net::SocketAddr) -> anyhow::Result<Security> {
+        let section = shell.name;
+        let tls = crate::tls::server_tls(section, &shell.tls)?;
+        let tokens = Tokens::load(section, &shell.auth)?;
+        crate::client::Client::new(
+            &shell.client,
+            &crate::client::Keys::Config(format!("{section}.client")),
+        )?;
+        if tokens.is_none() && !listen.ip().is_loopback() && !shell.insecure {
+            bail!(
+                "refusing to serve on {listen} (not a loopback address) without auth: set {section}.auth.tokens_file or EVERGREEN_{}__AUTH__TOKENS, or pass --insecure ({section}.insecure = true) to serve it open",
+                section.to_uppercase()
+            );
+        }
+        Ok(Security {
+            tls,
+            auth: AuthLayer::new(tokens),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    /// Every RPC the daemons serve (from the compiled contracts) is in
+    /// [`RPC_ROLES`], and every row of the table is a real RPC.
+    #[test]
+    fn every_rpc_has_a_role() {
+        let fds = prost_types::FileDescriptorSet::decode(evergreen_proto::FILE_DESCRIPTOR_SET)
+            .expect("descriptor set");
+        let mut served = Vec::new();
+        for file in &fds.file {
+            for service in &file.service {
+                for method in &service.method {
+                    served.push(format!(
+                        "/{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+        assert!(served.len() > 40, "{served:?}");
+        let missing: Vec<&String> = served
+            .iter()
+            .filter(|p| !RPC_ROLES.iter().any(|(r, _)| r == p))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "RPCs without a role in auth::RPC_ROLES (add them): {missing:?}"
+        );
+        let stale: Vec<&str> = RPC_ROLES
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|p| !served.iter().any(|s| s == p))
+            .collect();
+        assert!(
+            stale.is_empty(),
+            "rows for RPCs that do not exist: {stale:?}"
+        );
+        let mut seen = std::collections::HashSet::new();
+        for (p, _) in RPC_ROLES {
+            assert!(seen.insert(p), "{p} is in the table twice");
+        }
+    }
+
+    #[test]
+    fn open_services_and_deny_by_default() {
+        assert_eq!(required_role("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(
+            required_role("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            None
+        );
+        assert_eq!(
+            required_role("/evergreen.v1.Registry/GetModel"),
+            Some(Reader)
+        );
+        assert_eq!(required_role("/evergreen.v1.Registry/Nope"), Some(Admin));
+        assert_eq!(required_role("/something.Else/X"), Some(Admin));
+    }
+
+    fn tokens(s: &str) -> Tokens {
+        Tokens::load(
+            "registry",
+            &AuthConfig {
+                tokens: s.into(),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    #[test]
+    fn decisions() {
+        let t = tokens("reader:r1, trainer:t1,deployer:d1,admin:a1,trainer:td,deployer:td");
+        let code = |path: &str, h: Option<&str>| {
+            check(&t, path, h.map(|s| s.as_bytes()))
+                .map_err(|s| (s.code(), s.message().to_string()))
+        };
+        // Open services need nothing.
+        assert!(code("/grpc.health.v1.Health/Check", None).is_ok());
+        assert_eq!(
+            code("/evergreen.v1.Registry/GetModel", None).unwrap_err(),
+            (
+                tonic::Code::Unauthenticated,
+                "missing bearer token: set --token or EVERGREEN_TOKEN".into()
+            )
+        );
+        assert_eq!(
+            code("/evergreen.v1.Registry/GetModel", Some("Bearer nope")).unwrap_err(),
+            (tonic::Code::Unauthenticated, "unknown bearer token".into())
+        );
+        assert_eq!(
+            code("/evergreen.v1.Registry/GetModel", Some("Basic r1"))
+                .unwrap_err()
+                .0,
+            tonic::Code::Unauthenticated
+        );
+        // Everyone reads; the scheme is case-insensitive.
+        for tok in ["r1", "t1", "d1", "a1"] {
+            code(
+                "/evergreen.v1.Registry/GetModel",
+                Some(&format!("bearer {tok}")),
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            code("/evergreen.v1.Registry/SetAlias", Some("Bearer t1")).unwrap_err(),
+            (
+                tonic::Code::PermissionDenied,
+                "evergreen.v1.Registry/SetAlias needs the deployer role (or admin); this token has trainer".into()
+            )
+        );
+        assert_eq!(
+            code("/evergreen.v1.Registry/DeleteModel", Some("Bearer d1")).unwrap_err(),
+            (
+                tonic::Code::PermissionDenied,
+                "evergreen.v1.Registry/DeleteModel needs the admin role; this token has deployer"
+                    .into()
+            )
+        );
+        code("/evergreen.v1.Registry/DeleteModel", Some("Bearer a1")).unwrap();
+        code("/evergreen.v1.Registry/RegisterVersion", Some("Bearer t1")).unwrap();
+        code("/evergreen.v1.Registry/RegisterVersion", Some("Bearer r1")).unwrap_err();
+        // Several roles on one token.
+        code("/evergreen.v1.Registry/SetAlias", Some("Bearer td")).unwrap();
+        code("/evergreen.v1.Trainer/Retrain", Some("Bearer td")).unwrap();
+        assert_eq!(
+            code("/evergreen.v1.Registry/DeleteVersion", Some("Bearer td")).unwrap_err().1,
+            "evergreen.v1.Registry/DeleteVersion needs the admin role; this token has trainer, deployer"
+        );
+    }
+
+    #[test]
+    fn token_file_and_inline_errors_name_the_place_never_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tokens");
+        std::fs::write(
+            &f,
+            "# the stack's tokens\n\nreader  alpha\nadmin omega # not a comment\n",
+        )
+        .unwrap();
+        let e = Tokens::load(
+            "server",
+            &AuthConfig {
+                tokens_file: f.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "invalid server.auth.tokens_file {}: line 4: expected `ROLE TOKEN`",
+                f.display()
+            )
+        );
+        std::fs::write(&f, "reader alpha\nroot sekrit\n").unwrap();
+        let e = Tokens::load(
+            "server",
+            &AuthConfig {
+                tokens_file: f.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 2: unknown role \"root\""), "{e}");
+        assert!(!e.contains("sekrit"), "{e}");
+        std::fs::write(&f, "# only comments\n").unwrap();
+        let e = Tokens::load(
+            "server",
+            &AuthConfig {
+                tokens_file: f.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("holds no token"), "{e}");
+
+        // File and inline together.
+        std::fs::write(&f, "reader alpha\n").unwrap();
+        let t = Tokens::load(
+            "server",
+            &AuthConfig {
+                tokens_file: f.clone(),
+                tokens: "admin:omega".into(),
+            },
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(t.roles("alpha"), Roles::of(&[Reader]));
+        assert_eq!(t.roles("omega"), Roles::of(&[Admin]));
+        assert_eq!(t.roles("alph"), Roles::default());
+        assert!(!format!("{t:?}").contains("alpha"));
+
+        let e = Tokens::load(
+            "server",
+            &AuthConfig {
+                tokens: "reader:a,sekrit".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, "invalid server.auth.tokens: entry 2 is not ROLE:TOKEN");
+        assert!(Tokens::load("server", &AuthConfig::default())
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn a_public_address_needs_auth_or_insecure() {
+        let mut shell = crate::Shell {
+            name: "registry",
+            listen: "0.0.0.0:7400".parse().unwrap(),
+            metrics_listen: String::new(),
+            insecure: false,
+            shutdown_grace_seconds: 1,
+            tls: Default::default(),
+            auth: Default::default(),
+            client: Default::default(),
+            limits: Default::default(),
+        };
+        let e = Security::prepare(&shell, shell.listen)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "refusing to serve on 0.0.0.0:7400 (not a loopback address) without auth: set registry.auth.tokens_file or EVERGREEN_REGISTRY__AUTH__TOKENS, or pass --insecure (registry.insecure = true) to serve it open"
+        );
+        Security::prepare(&shell, "127.0.0.1:7400".parse().unwrap()).unwrap();
+        Security::prepare(&shell, "[::1]:7400".parse().unwrap()).unwrap();
+        shell.insecure = true;
+        Security::prepare(&shell, shell.listen).unwrap();
+        shell.insecure = false;
+        shell.auth.tokens = "admin:x".into();
+        Security::prepare(&shell, shell.listen).unwrap();
+    }
+}
