@@ -112,6 +112,8 @@ pub const RPC_ROLES: &[(&str, Role)] = &[
     ("/inference.GRPCInferenceService/ServerMetadata", Reader),
     ("/inference.GRPCInferenceService/ModelMetadata", Reader),
     ("/inference.GRPCInferenceService/ModelInfer", Reader),
+    // Every daemon: what it is and holds (`evergreen status`).
+    ("/evergreen.v1.Status/GetStatus", Reader),
     // Monitor. The server's prediction log needs only `reader`: a reader
     // can already put any traffic in it by calling Predict. Labels change
     // realized performance (and so rollbacks), so they need `trainer`.

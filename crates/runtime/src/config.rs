@@ -33,6 +33,12 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "server_url",
     "monitor_url",
     "actor",
+    // The CLI's TLS and token variables (EVERGREEN_TOKEN, EVERGREEN_CA, ...).
+    "token",
+    "token_file",
+    "ca",
+    "cert",
+    "key",
 ];
 
 /// Where a daemon's configuration comes from, lowest precedence first.
