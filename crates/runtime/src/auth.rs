@@ -670,10 +670,13 @@ mod tests {
             metrics_listen: String::new(),
             insecure: false,
             shutdown_grace_seconds: 1,
+            shutdown_delay_ms: 0,
             tls: Default::default(),
             auth: Default::default(),
             client: Default::default(),
             limits: Default::default(),
+            health: crate::Health::new(),
+            metrics: crate::Metrics::new("registry"),
         };
         let e = Security::prepare(&shell, shell.listen)
             .unwrap_err()
