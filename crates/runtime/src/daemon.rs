@@ -62,12 +62,14 @@ where
         }
     };
     let result = rt.block_on(async move {
+        // Handlers first: a signal from here on stops the daemon cleanly.
+        let shutdown = Box::pin(shutdown_signal());
         let addr = config.listen();
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         println!("{name} listening on {}", listener.local_addr()?);
-        run(config, listener, Box::pin(shutdown_signal())).await
+        run(config, listener, shutdown).await
     });
     // Whatever is left (a blocking task mid-way) gets a moment, not forever:
     // run() has already drained the calls and flushed the state.

@@ -30,24 +30,34 @@ pub use shell::{AuthConfig, ClientConfig, LimitsConfig, Shell, TlsConfig};
 pub use telemetry::init_tracing;
 pub use {tonic_health, tonic_reflection};
 
-/// Resolves when the process receives SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves when the process receives SIGTERM or SIGINT (Ctrl-C). The
+/// handlers are installed when this is called (inside a runtime), not when
+/// the future is first polled: a signal that arrives while the daemon is
+/// still starting stops it cleanly instead of killing the process.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut int = signal(SignalKind::interrupt()).ok();
+        async move {
+            async fn recv(s: Option<&mut tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
             }
-            Err(_) => std::future::pending::<()>().await,
+            tokio::select! {
+                _ = recv(int.as_mut()) => tracing::info!("received SIGINT, shutting down"),
+                _ = recv(term.as_mut()) => tracing::info!("received SIGTERM, shutting down"),
+            }
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("received SIGINT, shutting down"),
-        _ = term => tracing::info!("received SIGTERM, shutting down"),
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("received Ctrl-C, shutting down");
     }
 }
