@@ -12,9 +12,19 @@ run-trainer:
 run-server:
     cargo run --release -p evergreen-server
 
-# Start a throwaway registry and walk a model through the lifecycle with the CLI.
+# The whole stack in one process on embedded defaults (ports 7400-7403,
+# state under ./.evergreen) until Ctrl-C.
+up:
+    cargo run --release --bin evergreen -- up
+
+# The same stack, then a model's whole life played against it, narrated; the
+# stack stays up to explore (Ctrl-C stops it).
 demo:
-    scripts/demo.sh
+    cargo run --release --bin evergreen -- up --demo
+
+# The demo on a throwaway stack; exit 0 when every step did what it should.
+demo-check:
+    cargo run --release --bin evergreen -- demo
 
 # The whole test suite (what .ci/run runs).
 test:

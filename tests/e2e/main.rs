@@ -4,6 +4,7 @@ mod archive;
 mod bad_input;
 mod closed_loop;
 mod config_reference;
+mod demo;
 mod lifecycle;
 mod monitor;
 mod ops;

@@ -12,6 +12,7 @@ mod phaseout;
 mod serving;
 mod status;
 mod train;
+mod up;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -274,6 +275,18 @@ enum Command {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Start registry, trainer, server and monitor in this process.
+    ///
+    /// Embedded defaults: ports 7400-7403 on 127.0.0.1, state under
+    /// ./.evergreen, no external service. Every daemon key works from
+    /// --config and EVERGREEN_* (e.g. EVERGREEN_SERVER__LISTEN); the URLs
+    /// between the daemons are wired to where they listen. Ctrl-C stops them
+    /// all cleanly.
+    Up(up::UpArgs),
+    /// Play the demo against a fresh stack of its own (temp dir, free
+    /// ports): a model's whole life, every step checked. Exit 0 when every
+    /// step did what it should, else 1 with "demo: STEP: what went wrong".
+    Demo,
     /// One table of the four daemons: up or down, version, address,
     /// uptime, and what each holds. Exit 1 when any is down.
     Status,
@@ -686,6 +699,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         })
     };
     match cli.command {
+        Command::Up(args) => return Ok(up::up(args).await),
+        Command::Demo => return Ok(up::demo().await),
         Command::Status => {
             let targets = vec![
                 ("registry", cli.registry.clone()),
@@ -986,6 +1001,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Feedback(_)
         | Command::Phaseout(_)
         | Command::Monitoring(_)
+        | Command::Up(_)
+        | Command::Demo
         | Command::Status => {
             unreachable!("handled above")
         }
@@ -993,8 +1010,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let client = evergreen_runtime::ClientConfig {
         ca: cli.ca.clone().unwrap_or_default(),
@@ -1010,7 +1026,19 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    match run(cli).await {
+    // A client command needs one thread; `up` and `demo` run four daemons.
+    let mut rt = match cli.command {
+        Command::Up(_) | Command::Demo => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let rt = match rt.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(err) => {
             report(&err);

@@ -2,19 +2,20 @@
 //! trainer, draw progress from its event stream, print the result.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use crate::commands::Channel;
 use evergreen_proto::metadata;
 use evergreen_proto::v1::trainer_client::TrainerClient;
 use evergreen_proto::v1::{
-    train_event, CancelJobRequest, Gate, GetJobRequest, JobState, ListJobsRequest, Progress,
-    RetrainRequest, SearchStrategy, Stage, TrainEvent, TrainJob, TrainRequest,
+    train_event, CancelJobRequest, Gate, GetJobRequest, JobState, ListJobsRequest, RetrainRequest,
+    SearchStrategy, TrainEvent, TrainJob, TrainRequest,
 };
 use serde_json::{json, Value};
 use tonic::metadata::AsciiMetadataValue;
 use tonic::{Request, Status, Streaming};
+
+use evergreen_cli::progress::TrainProgress;
 
 use crate::output::{self, emit, emit_json, Table};
 
@@ -58,67 +59,8 @@ pub fn dataset_uri(data: &str) -> String {
         .unwrap_or_else(|_| data.to_string())
 }
 
-fn stage_name(s: i32) -> &'static str {
-    Stage::try_from(s).map_or("?", |s| s.short_name())
-}
-
 fn state_name(s: i32) -> &'static str {
     JobState::try_from(s).map_or("?", |s| s.short_name())
-}
-
-/// Progress on stderr: a redrawn bar on a terminal, a line per stage otherwise.
-struct Bar {
-    tty: bool,
-    last_stage: i32,
-    drawn: bool,
-}
-
-impl Bar {
-    fn new() -> Self {
-        Bar {
-            tty: std::io::stderr().is_terminal(),
-            last_stage: -1,
-            drawn: false,
-        }
-    }
-
-    fn show(&mut self, p: &Progress) {
-        let mut err = std::io::stderr();
-        if self.tty {
-            let width = 30;
-            let filled = ((p.percent / 100.0) * width as f64)
-                .round()
-                .clamp(0.0, width as f64) as usize;
-            let _ = write!(
-                err,
-                "\r\x1b[2K[{}{}] {:>3.0}% {:<10} {} ({:.1} s)",
-                "#".repeat(filled),
-                ".".repeat(width - filled),
-                p.percent,
-                stage_name(p.stage).to_lowercase(),
-                p.message,
-                p.elapsed_ms as f64 / 1000.0
-            );
-            self.drawn = true;
-        } else if p.stage != self.last_stage {
-            let _ = writeln!(
-                err,
-                "{:>3.0}% {}: {}",
-                p.percent,
-                stage_name(p.stage).to_lowercase(),
-                p.message
-            );
-        }
-        self.last_stage = p.stage;
-        let _ = err.flush();
-    }
-
-    fn finish(&mut self) {
-        if self.drawn {
-            eprintln!();
-            self.drawn = false;
-        }
-    }
 }
 
 pub fn job_json(j: &TrainJob) -> Value {
@@ -222,7 +164,7 @@ impl TrainCtx {
 
     /// Draws the stream's progress and returns the finished job.
     async fn follow(&self, mut stream: Streaming<TrainEvent>) -> anyhow::Result<TrainJob> {
-        let mut bar = Bar::new();
+        let mut bar = TrainProgress::new(true);
         loop {
             let msg = match stream.message().await {
                 Ok(m) => m,
@@ -232,7 +174,11 @@ impl TrainCtx {
                 }
             };
             match msg.and_then(|m| m.kind) {
-                Some(train_event::Kind::Progress(p)) => bar.show(&p),
+                Some(train_event::Kind::Progress(p)) => {
+                    if let Some(line) = bar.update(&p) {
+                        eprintln!("{line}");
+                    }
+                }
                 Some(train_event::Kind::Done(job)) => {
                     bar.finish();
                     return Ok(job);
