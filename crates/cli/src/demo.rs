@@ -472,7 +472,11 @@ impl Demo<'_> {
         let mut last = String::new();
         while t.elapsed() < PATIENCE {
             match self
-                .predict(self.model.clone(), &[row.clone()], String::new())
+                .predict(
+                    self.model.clone(),
+                    std::slice::from_ref(&row),
+                    String::new(),
+                )
                 .await
             {
                 Ok(r) if r.version == version => return Ok(t.elapsed()),
@@ -1270,7 +1274,7 @@ impl Demo<'_> {
         let t = Instant::now();
         let notice = loop {
             let r = self
-                .predict(pinned.clone(), &[row.clone()], String::new())
+                .predict(pinned.clone(), std::slice::from_ref(&row), String::new())
                 .await
                 .map_err(call("Predict"))?;
             if let Some(d) = r.deprecation {
@@ -1302,9 +1306,7 @@ impl Demo<'_> {
             self.model
         ));
         self.say("A phase-out moves a model's traffic from one version to another in steps, asking the monitor");
-        self.say(format!(
-            "before each; here the gate already moved production, so one step of 100% remains: every alias"
-        ));
+        self.say("before each; here the gate already moved production, so one step of 100% remains: every alias");
         self.say(format!(
             "still on {old} moves to {new}, {old} stays DEPRECATED, and it retires after a grace period (3 s here)."
         ));
@@ -1398,7 +1400,7 @@ impl Demo<'_> {
         let t = Instant::now();
         loop {
             match self
-                .predict(pinned.clone(), &[row.clone()], String::new())
+                .predict(pinned.clone(), std::slice::from_ref(&row), String::new())
                 .await
             {
                 Err(s) if s.code() == Code::FailedPrecondition => {

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use evergreen_monitor::MonitorConfig;
+use evergreen_proto::v1::status_client::StatusClient;
+use evergreen_proto::v1::GetStatusRequest;
 use evergreen_registry::RegistryConfig;
 use evergreen_runtime::{load_config, ConfigSources, DaemonConfig};
 use evergreen_server::ServerConfig;
@@ -60,6 +62,7 @@ impl StackConfig {
         fn one<C: DaemonConfig>(section: &str, s: &ConfigSources) -> anyhow::Result<C> {
             let c: C = load_config(section, s)?;
             c.validate()?;
+            evergreen_runtime::metrics::parse_listen(section, &c.shell().metrics_listen)?;
             Ok(c)
         }
         Ok(StackConfig {
@@ -113,6 +116,26 @@ impl StackConfig {
         }
     }
 
+    /// `daemon`'s `metrics_listen` ("" = off).
+    pub fn metrics_listen(&self, daemon: &str) -> &str {
+        match daemon {
+            "registry" => &self.registry.metrics_listen,
+            "trainer" => &self.trainer.metrics_listen,
+            "server" => &self.server.metrics_listen,
+            _ => &self.monitor.metrics_listen,
+        }
+    }
+
+    /// `daemon`'s state directory (the server keeps none).
+    pub fn data_dir(&self, daemon: &str) -> Option<&Path> {
+        match daemon {
+            "registry" => Some(&self.registry.data_dir),
+            "trainer" => Some(&self.trainer.data_dir),
+            "monitor" => Some(&self.monitor.data_dir),
+            _ => None,
+        }
+    }
+
     fn listen(&self, daemon: &str) -> SocketAddr {
         match daemon {
             "registry" => self.registry.listen,
@@ -163,17 +186,19 @@ impl StackConfig {
     }
 }
 
-/// A daemon's listen address could not be bound.
+/// A daemon's gRPC or metrics address could not be bound.
 #[derive(Debug)]
 pub struct BindError {
     pub daemon: &'static str,
+    /// The config key: "listen" or "metrics_listen".
+    pub key: &'static str,
     pub addr: SocketAddr,
     pub error: std::io::Error,
 }
 
 impl fmt::Display for BindError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (daemon, addr) = (self.daemon, self.addr);
+        let (daemon, key, addr) = (self.daemon, self.key, self.addr);
         let why = if self.error.kind() == std::io::ErrorKind::AddrInUse {
             format!("{addr} is already in use (by another `evergreen up` or evergreen-{daemon}?)")
         } else {
@@ -181,8 +206,10 @@ impl fmt::Display for BindError {
         };
         write!(
             f,
-            "cannot start the {daemon}: {why}; set another address with `{daemon}.listen` in the config file (--config) or EVERGREEN_{}__LISTEN",
-            daemon.to_uppercase()
+            "cannot start the {daemon}: {why}; set another address with `{daemon}.{key}` in the config file (--config) or EVERGREEN_{}__{}{}",
+            daemon.to_uppercase(),
+            key.to_uppercase(),
+            if key == "metrics_listen" { " (\"\" = no metrics endpoint)" } else { "" }
         )
     }
 }
@@ -212,12 +239,27 @@ impl Stack {
     /// Binds the four listen addresses (a busy one is a [`BindError`]),
     /// wires the URLs and starts the daemons. They run until [`Stack::stop`].
     pub async fn start(mut config: StackConfig) -> anyhow::Result<Stack> {
+        // The metrics endpoints are bound by each daemon's serve(); a busy
+        // one is found here first, so that it is named like a gRPC port.
+        for daemon in DAEMONS {
+            let m =
+                evergreen_runtime::metrics::parse_listen(daemon, config.metrics_listen(daemon))?;
+            if let Some(addr) = m.filter(|a| a.port() != 0) {
+                std::net::TcpListener::bind(addr).map_err(|error| BindError {
+                    daemon,
+                    key: "metrics_listen",
+                    addr,
+                    error,
+                })?;
+            }
+        }
         let mut listeners = HashMap::new();
         let mut addrs = HashMap::new();
         for daemon in DAEMONS {
             let addr = config.listen(daemon);
             let l = TcpListener::bind(addr).await.map_err(|error| BindError {
                 daemon,
+                key: "listen",
                 addr,
                 error,
             })?;
@@ -277,9 +319,65 @@ impl Stack {
         })
     }
 
+    /// Waits until all four answer `Status/GetStatus` (they serve), or one
+    /// of them stops: that one's error.
+    pub async fn ready(&mut self) -> anyhow::Result<()> {
+        let urls: Vec<(&'static str, String)> = DAEMONS.iter().map(|d| (*d, self.url(d))).collect();
+        let serving = async move {
+            for (daemon, url) in urls {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                loop {
+                    let ok = async {
+                        let ch = tonic::transport::Channel::from_shared(url.clone())
+                            .ok()?
+                            .connect()
+                            .await
+                            .ok()?;
+                        StatusClient::new(ch)
+                            .get_status(GetStatusRequest {})
+                            .await
+                            .ok()
+                    }
+                    .await
+                    .is_some();
+                    if ok {
+                        break;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        anyhow::bail!("the {daemon} did not answer at {url} within 60 s");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+            Ok(())
+        };
+        tokio::select! {
+            r = serving => r,
+            (daemon, r) = self.exited() => Err(r.err().unwrap_or_else(|| {
+                anyhow::anyhow!("the {daemon} stopped by itself")
+            })),
+        }
+    }
+
     /// The bound gRPC address of `daemon`.
     pub fn addr(&self, daemon: &str) -> SocketAddr {
         self.addrs[daemon]
+    }
+
+    /// Where `daemon` serves `/metrics`: `None` when `metrics_listen` is
+    /// "" (or it is not bound within 5 s).
+    pub async fn metrics_addr(&self, daemon: &str) -> Option<SocketAddr> {
+        if self.config.metrics_listen(daemon).is_empty() {
+            return None;
+        }
+        let grpc = self.addr(daemon);
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            evergreen_runtime::metrics_addr(grpc),
+        )
+        .await
+        .ok()
+        .flatten()
     }
 
     /// `http://...` of `daemon`, as clients reach it.

@@ -32,17 +32,28 @@ pub struct UpArgs {
     /// then keep it running to explore.
     #[arg(long)]
     pub demo: bool,
+    /// Log lines as `text` or `json` (one object per line) [default: text,
+    /// or EVERGREEN_LOG_FORMAT, or the config file's log_format].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
 }
 
-/// The environment for tracing: the demo modes default to errors only
-/// (the narrative is the output); `EVERGREEN_LOG` still wins.
-fn log_env(quiet: bool) -> HashMap<String, String> {
-    let mut env: HashMap<String, String> = std::env::vars().collect();
+/// The environment for tracing (the file's `log` / `log_format`, then
+/// EVERGREEN_LOG*, then --log-format); the demo modes default to errors
+/// only, since the narrative is the output. A bad format is an error.
+fn log_env(
+    file: Option<PathBuf>,
+    log_format: Option<String>,
+    quiet: bool,
+) -> anyhow::Result<HashMap<String, String>> {
+    let sources = evergreen_runtime::ConfigSources::from_process(file).log_format(log_format);
+    let mut env = sources.logging_env();
+    evergreen_runtime::telemetry::LogFormat::from_env(&env)?;
     if quiet {
         env.entry("EVERGREEN_LOG".into())
             .or_insert_with(|| "error".into());
     }
-    env
+    Ok(env)
 }
 
 async fn channel(url: &str) -> anyhow::Result<Channel> {
@@ -61,42 +72,29 @@ async fn endpoints(stack: &Stack) -> anyhow::Result<Endpoints> {
     })
 }
 
-fn data_dir_of(c: &StackConfig, daemon: &str) -> String {
-    match daemon {
-        "registry" => c.registry.data_dir.display().to_string(),
-        "trainer" => c.trainer.data_dir.display().to_string(),
-        "monitor" => c.monitor.data_dir.display().to_string(),
-        _ => "- (models come from the registry)".into(),
-    }
-}
-
-fn metrics_of(c: &StackConfig, daemon: &str) -> String {
-    let m = match daemon {
-        "registry" => &c.registry.metrics_listen,
-        "trainer" => &c.trainer.metrics_listen,
-        "server" => &c.server.metrics_listen,
-        _ => &c.monitor.metrics_listen,
-    };
-    if m.is_empty() {
-        "off".into()
-    } else {
-        m.clone()
-    }
-}
-
 /// What runs where, and how to reach it.
-fn print_stack(stack: &Stack) {
+async fn print_stack(stack: &Stack) {
     println!(
         "evergreen {}: registry, trainer, server and monitor in this process (Ctrl-C stops them)\n",
         env!("CARGO_PKG_VERSION")
     );
     let mut t = Table::new(&["DAEMON", "GRPC", "METRICS", "DATA"]);
     for d in DAEMONS {
+        let metrics = match stack.metrics_addr(d).await {
+            Some(a) => format!("http://{a}/metrics"),
+            None if stack.config.metrics_listen(d).is_empty() => "off".into(),
+            None => stack.config.metrics_listen(d).to_string(),
+        };
         t.row(vec![
             d.to_string(),
             stack.addr(d).to_string(),
-            metrics_of(&stack.config, d),
-            data_dir_of(&stack.config, d),
+            metrics,
+            stack
+                .config
+                .data_dir(d)
+                .map_or("- (models come from the registry)".into(), |p| {
+                    p.display().to_string()
+                }),
         ]);
     }
     t.print();
@@ -130,7 +128,13 @@ async fn play(ep: Endpoints, opts: demo::Options) -> Result<Outcome, DemoError> 
 
 /// `evergreen up`.
 pub async fn up(args: UpArgs) -> ExitCode {
-    let env = log_env(args.demo);
+    let env = match log_env(args.config.clone(), args.log_format.clone(), args.demo) {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     evergreen_runtime::init_tracing(&env);
     let process_env: HashMap<String, String> = std::env::vars().collect();
     let mut config = match StackConfig::load(args.config, &process_env, args.data_dir.as_deref()) {
@@ -150,7 +154,12 @@ pub async fn up(args: UpArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    print_stack(&stack);
+    if let Err(e) = stack.ready().await {
+        eprintln!("error: {e:#}");
+        let _ = stack.stop().await;
+        return ExitCode::FAILURE;
+    }
+    print_stack(&stack).await;
 
     let mut demo_task = None;
     if args.demo {
@@ -251,7 +260,13 @@ pub async fn up(args: UpArgs) -> ExitCode {
 /// `evergreen demo`: a fresh stack in a temp dir on port 0, the demo, and
 /// the stack gone again. Exit 0 when every step did what it should.
 pub async fn demo() -> ExitCode {
-    evergreen_runtime::init_tracing(&log_env(true));
+    match log_env(None, None, true) {
+        Ok(env) => evergreen_runtime::init_tracing(&env),
+        Err(e) => {
+            eprintln!("demo: start: {e:#}");
+            return ExitCode::from(2);
+        }
+    }
     let dir = match tempfile::Builder::new().prefix("evergreen-demo-").tempdir() {
         Ok(d) => d,
         Err(e) => {
@@ -286,6 +301,10 @@ async fn demo_in(dir: &Path) -> Result<Outcome, DemoError> {
     let mut config = StackConfig::ephemeral(dir);
     config.tune_for_demo();
     let mut stack = Stack::start(config).await.map_err(fail("start"))?;
+    if let Err(e) = stack.ready().await {
+        let _ = stack.stop().await;
+        return Err(fail("start")(e));
+    }
     println!(
         "evergreen demo: a fresh stack in {} — registry {}, trainer {}, server {}, monitor {}",
         dir.display(),

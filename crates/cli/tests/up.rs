@@ -236,8 +236,30 @@ fn up_again_on_the_same_data_dir_keeps_the_state() {
         "--data-dir",
         state.to_str().unwrap(),
     ];
-    let mut up = Up::start(&args, &[]);
+    // The registry's metrics endpoint on a free port: the table says where.
+    let mut up = Up::start(
+        &args,
+        &[("EVERGREEN_REGISTRY__METRICS_LISTEN", "127.0.0.1:0")],
+    );
     up.until("try: evergreen status", Duration::from_secs(30));
+    let row = up.seen.iter().find(|l| l.starts_with("registry ")).unwrap();
+    let url = row.split_whitespace().nth(2).unwrap();
+    let hostport = url
+        .strip_prefix("http://")
+        .and_then(|u| u.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("{row}"));
+    let mut conn = std::net::TcpStream::connect(hostport).unwrap();
+    std::io::Write::write_all(
+        &mut conn,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    assert!(
+        body.starts_with("HTTP/1.1 200") && body.contains("evergreen_build_info"),
+        "{body}"
+    );
     let created = up.cli(&["models", "create", "churn"]);
     assert!(created.status.success(), "{}", text(&created.stderr));
     let (code, err) = up.interrupt();
@@ -281,6 +303,26 @@ fn up_on_a_busy_port_names_the_daemon_the_address_and_the_key() {
         )
     );
     assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+
+    // A busy metrics port is named the same way, with its own key.
+    let out = Command::new(BIN)
+        .args([
+            "up",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("state").to_str().unwrap(),
+        ])
+        .env("EVERGREEN_MONITOR__METRICS_LISTEN", &addr)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: cannot start the monitor: {addr} is already in use (by another `evergreen up` or evergreen-monitor?); set another address with `monitor.metrics_listen` in the config file (--config) or EVERGREEN_MONITOR__METRICS_LISTEN (\"\" = no metrics endpoint)\n"
+        )
+    );
 }
 
 #[test]
@@ -298,6 +340,16 @@ fn up_with_a_bad_config_key_exits_2_naming_it() {
     assert!(
         err.starts_with("error: invalid config key `server.max_batch`"),
         "{err}"
+    );
+    let format = Command::new(BIN)
+        .args(["up", "--log-format", "xml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(format.status.code(), Some(2));
+    assert_eq!(
+        text(&format.stderr),
+        "error: invalid log_format \"xml\" (--log-format / EVERGREEN_LOG_FORMAT): expected \"text\" or \"json\"\n"
     );
     let missing = Command::new(BIN)
         .args(["up", "--config", "/no/such/evergreen.toml"])
