@@ -13,8 +13,9 @@ use evergreen_proto::v1::{
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
-async fn channel(url: String) -> Channel {
-    Channel::from_shared(url).unwrap().connect().await.unwrap()
+async fn channel(url: String) -> evergreen_runtime::client::Channel {
+    let ch = Channel::from_shared(url).unwrap().connect().await.unwrap();
+    evergreen_runtime::client::Client::default().wrap(ch)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -29,9 +30,9 @@ async fn the_demo_story_train_to_archive_every_step_checked() {
         .start()
         .await;
     let ep = Endpoints {
-        registry: sb.channel().await,
+        registry: channel(sb.registry_url()).await,
         trainer: channel(sb.trainer_url()).await,
-        server: sb.server_channel().await,
+        server: channel(sb.server_url()).await,
         monitor: channel(format!("http://{}", sb.monitor_addr.unwrap())).await,
     };
     let opts = Options {

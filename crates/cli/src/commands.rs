@@ -113,6 +113,11 @@ pub async fn connect(url: &str, daemon: &str) -> anyhow::Result<Channel> {
 /// global flags).
 static CLIENT: std::sync::OnceLock<Client> = std::sync::OnceLock::new();
 
+/// What [`connect`] uses (the defaults when the flags set nothing).
+pub fn client() -> Client {
+    CLIENT.get().cloned().unwrap_or_default()
+}
+
 /// Sets what [`connect`] uses; the first call wins.
 pub fn set_client(client: Client) {
     let _ = CLIENT.set(client);

@@ -36,8 +36,8 @@ use evergreen_proto::v1::{
     TrafficPolicy, TrainEvent, TrainJob, TrainRequest, Value, VersionRef, VersionStatus,
     VersionWeight, WindowKind,
 };
+use evergreen_runtime::client::Channel;
 use sha2::{Digest, Sha256};
-use tonic::transport::Channel;
 use tonic::{Code, Request, Status, Streaming};
 
 use crate::progress::TrainProgress;
@@ -62,7 +62,8 @@ pub const WINDOW_ROWS: usize = 50;
 /// How long any one wait lasts before the step fails.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Channels to the four daemons.
+/// Channels to the four daemons (with the caller's TLS settings and token:
+/// see `evergreen_runtime::client`).
 #[derive(Clone)]
 pub struct Endpoints {
     pub registry: Channel,

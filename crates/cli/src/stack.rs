@@ -16,6 +16,7 @@ use evergreen_monitor::MonitorConfig;
 use evergreen_proto::v1::status_client::StatusClient;
 use evergreen_proto::v1::GetStatusRequest;
 use evergreen_registry::RegistryConfig;
+use evergreen_runtime::client::Client;
 use evergreen_runtime::{load_config, ConfigSources, DaemonConfig};
 use evergreen_server::ServerConfig;
 use evergreen_trainer::TrainerConfig;
@@ -136,6 +137,17 @@ impl StackConfig {
         }
     }
 
+    /// Whether `daemon` serves TLS (`tls.cert` set).
+    pub fn tls(&self, daemon: &str) -> bool {
+        let cert = match daemon {
+            "registry" => &self.registry.tls.cert,
+            "trainer" => &self.trainer.tls.cert,
+            "server" => &self.server.tls.cert,
+            _ => &self.monitor.tls.cert,
+        };
+        !cert.as_os_str().is_empty()
+    }
+
     fn listen(&self, daemon: &str) -> SocketAddr {
         match daemon {
             "registry" => self.registry.listen,
@@ -216,14 +228,16 @@ impl fmt::Display for BindError {
 
 impl std::error::Error for BindError {}
 
-/// `http://HOST:PORT` for a bound address (loopback for 0.0.0.0 / ::).
-fn url_of(addr: SocketAddr) -> String {
+/// `http://HOST:PORT` for a bound address (loopback for 0.0.0.0 / ::);
+/// `https://` when the daemon serves TLS.
+fn url_of(addr: SocketAddr, tls: bool) -> String {
     let ip = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}", SocketAddr::new(ip, addr.port()))
 }
 
 /// The running daemons.
@@ -266,7 +280,10 @@ impl Stack {
             addrs.insert(daemon, l.local_addr()?);
             listeners.insert(daemon, l);
         }
-        let urls = addrs.iter().map(|(d, a)| (*d, url_of(*a))).collect();
+        let urls = addrs
+            .iter()
+            .map(|(d, a)| (*d, url_of(*a, config.tls(d))))
+            .collect();
         config.wire(&urls);
 
         let (stop, stopped) = watch::channel(false);
@@ -319,27 +336,24 @@ impl Stack {
         })
     }
 
-    /// Waits until all four answer `Status/GetStatus` (they serve), or one
-    /// of them stops: that one's error.
-    pub async fn ready(&mut self) -> anyhow::Result<()> {
+    /// Waits until all four answer `Status/GetStatus` over `client` (any
+    /// gRPC answer counts, UNAUTHENTICATED too: they serve), or one of them
+    /// stops: that one's error.
+    pub async fn ready(&mut self, client: &Client) -> anyhow::Result<()> {
         let urls: Vec<(&'static str, String)> = DAEMONS.iter().map(|d| (*d, self.url(d))).collect();
+        let client = client.clone();
         let serving = async move {
             for (daemon, url) in urls {
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
                 loop {
-                    let ok = async {
-                        let ch = tonic::transport::Channel::from_shared(url.clone())
-                            .ok()?
-                            .connect()
-                            .await
-                            .ok()?;
-                        StatusClient::new(ch)
-                            .get_status(GetStatusRequest {})
-                            .await
-                            .ok()
-                    }
-                    .await
-                    .is_some();
+                    let ok = match client.connect(daemon, &url).await {
+                        Ok(ch) => match StatusClient::new(ch).get_status(GetStatusRequest {}).await
+                        {
+                            Ok(_) => true,
+                            Err(s) => s.code() != tonic::Code::Unavailable,
+                        },
+                        Err(_) => false,
+                    };
                     if ok {
                         break;
                     }
@@ -382,7 +396,7 @@ impl Stack {
 
     /// `http://...` of `daemon`, as clients reach it.
     pub fn url(&self, daemon: &str) -> String {
-        url_of(self.addr(daemon))
+        url_of(self.addr(daemon), self.config.tls(daemon))
     }
 
     /// Resolves when a daemon's `run` returns by itself (it failed, or
@@ -429,13 +443,16 @@ mod tests {
     #[test]
     fn unspecified_addresses_are_reached_on_loopback() {
         assert_eq!(
-            url_of("0.0.0.0:7400".parse().unwrap()),
+            url_of("0.0.0.0:7400".parse().unwrap(), false),
             "http://127.0.0.1:7400"
         );
-        assert_eq!(url_of("[::]:7401".parse().unwrap()), "http://[::1]:7401");
         assert_eq!(
-            url_of("10.0.0.5:7402".parse().unwrap()),
-            "http://10.0.0.5:7402"
+            url_of("[::]:7401".parse().unwrap(), false),
+            "http://[::1]:7401"
+        );
+        assert_eq!(
+            url_of("10.0.0.5:7402".parse().unwrap(), true),
+            "https://10.0.0.5:7402"
         );
     }
 

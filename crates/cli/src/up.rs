@@ -8,11 +8,9 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use evergreen_cli::demo::{self, DemoError, Endpoints, Outcome};
 use evergreen_cli::stack::{Stack, StackConfig, DAEMONS};
-use tonic::transport::Channel;
 
 use crate::output::Table;
 
@@ -56,19 +54,15 @@ fn log_env(
     Ok(env)
 }
 
-async fn channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(url.to_string())?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await?)
-}
-
+/// Channels to the stack, with the CLI's TLS settings and token (--ca,
+/// --token, ...), which an `up` whose config turns TLS or auth on needs.
 async fn endpoints(stack: &Stack) -> anyhow::Result<Endpoints> {
+    let c = crate::commands::client();
     Ok(Endpoints {
-        registry: channel(&stack.url("registry")).await?,
-        trainer: channel(&stack.url("trainer")).await?,
-        server: channel(&stack.url("server")).await?,
-        monitor: channel(&stack.url("monitor")).await?,
+        registry: c.connect("registry", &stack.url("registry")).await?,
+        trainer: c.connect("trainer", &stack.url("trainer")).await?,
+        server: c.connect("server", &stack.url("server")).await?,
+        monitor: c.connect("monitor", &stack.url("monitor")).await?,
     })
 }
 
@@ -154,7 +148,7 @@ pub async fn up(args: UpArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = stack.ready().await {
+    if let Err(e) = stack.ready(&crate::commands::client()).await {
         eprintln!("error: {e:#}");
         let _ = stack.stop().await;
         return ExitCode::FAILURE;
@@ -301,7 +295,7 @@ async fn demo_in(dir: &Path) -> Result<Outcome, DemoError> {
     let mut config = StackConfig::ephemeral(dir);
     config.tune_for_demo();
     let mut stack = Stack::start(config).await.map_err(fail("start"))?;
-    if let Err(e) = stack.ready().await {
+    if let Err(e) = stack.ready(&crate::commands::client()).await {
         let _ = stack.stop().await;
         return Err(fail("start")(e));
     }
