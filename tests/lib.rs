@@ -364,6 +364,14 @@ impl Sandbox {
         PredictorClient::new(self.server_channel().await)
     }
 
+    /// Starts a graceful stop of the server and returns its `run` task
+    /// (await it for what `run` returned).
+    pub fn begin_stop_server(&mut self) -> JoinHandle<anyhow::Result<()>> {
+        let (tx, task) = self.server.take().expect("a server is running");
+        let _ = tx.send(());
+        task
+    }
+
     /// Whether the server task is still running.
     pub fn server_running(&self) -> bool {
         self.server.as_ref().is_some_and(|(_, t)| !t.is_finished())

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use evergreen_e2e::{dataset, http_get, metric, req, Sandbox};
 use evergreen_proto::v1::{
-    Feedback, PredictRequest, PredictionLog, PredictionLogBatch, RecordFeedbackRequest,
-    SetAliasRequest, WatchRequest,
+    Feedback, GetReportRequest, PredictRequest, PredictionLog, PredictionLogBatch,
+    RecordFeedbackRequest, SetAliasRequest, WatchRequest, WindowKind,
 };
 use tonic::Code;
 
@@ -521,4 +521,252 @@ async fn monitor_batches_over_max_rows_per_request_are_refused_naming_the_key() 
         .await
         .unwrap();
     assert!(sb.monitor_running());
+}
+
+/// An error for a call the server never took in: the listener was closed
+/// (connection refused), or the client's connection closed (GOAWAY) while
+/// the call still waited in its dispatch queue — hyper's `Canceled`
+/// "connection closed" is exactly that: the request was never sent.
+/// Callers retry these safely; anything else is a failure.
+fn never_accepted(e: &tonic::Status) -> bool {
+    let text = format!("{e:?}").to_lowercase();
+    match e.code() {
+        Code::Unavailable => {
+            text.contains("connection refused")
+                || text.contains("tcp connect error")
+                || text.contains("refused_stream")
+        }
+        Code::Cancelled => text.contains("canceled") && text.contains("connection closed"),
+        // A stream above the last one the server's GOAWAY says it took:
+        // h2 fails exactly those (the ones below run to completion).
+        Code::Internal => text.contains("goaway") && text.contains("no_error"),
+        _ => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_under_load_finishes_every_accepted_request() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use evergreen_proto::v1::predictor_client::PredictorClient;
+    use evergreen_runtime::tonic_health::pb::health_client::HealthClient;
+    use evergreen_runtime::tonic_health::pb::HealthCheckRequest;
+    use evergreen_runtime::tonic_health::ServingStatus;
+    use tokio::time::Instant;
+    use tonic::transport::Channel;
+
+    const DELAY: Duration = Duration::from_millis(800);
+    const GRACE: Duration = Duration::from_secs(5);
+    let mut sb = Sandbox::builder()
+        .trainer()
+        .monitor()
+        .server(|c| {
+            c.shutdown_delay_ms = DELAY.as_millis() as u64;
+            c.shutdown_grace_seconds = GRACE.as_secs();
+            c.log.queue = 1_000_000;
+        })
+        .start()
+        .await;
+    // One logged prediction (the first that succeeds).
+    let v = serving(&sb).await;
+    let addr = sb.server_addr.unwrap();
+    let url = sb.server_url();
+    let metrics = sb.metrics_addr(addr).await;
+    let row = load()[0].0.clone();
+    let done = Arc::new(AtomicBool::new(false));
+
+    // Continuous load: 8 callers, each on a connection of its own.
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let mut p = PredictorClient::new(sb.server_channel().await);
+        let (row, done) = (row.clone(), done.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut ok, mut refused, mut failed) = (0u64, 0u64, Vec::new());
+            while !done.load(Ordering::Relaxed) {
+                let r = p
+                    .predict(PredictRequest {
+                        model: MODEL.into(),
+                        rows: vec![to_row(&row)],
+                        request_id: String::new(),
+                    })
+                    .await;
+                match r {
+                    Ok(_) => ok += 1,
+                    Err(e) if never_accepted(&e) => {
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(e) => failed.push(format!("{e:?}")),
+                }
+            }
+            (ok, refused, failed)
+        }));
+    }
+    // Health as a load balancer sees it: a new connection per check.
+    let probe = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut seen: Vec<(Instant, Option<i32>)> = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                let r = async {
+                    let ch = Channel::from_shared(url.clone())
+                        .unwrap()
+                        .connect()
+                        .await
+                        .ok()?;
+                    let r = HealthClient::new(ch)
+                        .check(HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await
+                        .ok()?;
+                    Some(r.into_inner().status)
+                }
+                .await;
+                seen.push((Instant::now(), r));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            seen
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = metric(
+        &sb.scrape(addr).await,
+        r#"grpc_server_handled_total{grpc_service="evergreen.v1.Predictor",grpc_method="Predict",grpc_code="OK"}"#,
+    )
+    .unwrap();
+    assert!(before > 0.0, "the load runs");
+
+    let t0 = Instant::now();
+    let run = sb.begin_stop_server();
+    // Readiness turns 503 at once, while calls are still served.
+    let (code, body) = until("/readyz says 503", || async {
+        let r = http_get(metrics, "/readyz").await;
+        (r.0 == 503).then_some(r)
+    })
+    .await;
+    assert!(
+        t0.elapsed() < DELAY,
+        "readiness flipped before the listener closed"
+    );
+    assert_eq!((code, body.trim()), (503, "shutting down"));
+    let result = run.await.expect("the server task");
+    let took = t0.elapsed();
+    result.expect("run returns Ok");
+    assert!(
+        took >= DELAY && took < GRACE,
+        "run returned after {took:?} (delay {DELAY:?}, grace {GRACE:?})"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    done.store(true, Ordering::Relaxed);
+
+    let (mut ok, mut refused) = (0, 0);
+    for w in workers {
+        let (o, r, failed) = w.await.unwrap();
+        assert!(failed.is_empty(), "accepted requests failed: {failed:#?}");
+        ok += o;
+        refused += r;
+    }
+    assert!(
+        ok as f64 > before,
+        "requests kept succeeding during the drain"
+    );
+    assert!(refused > 0, "calls after the close were refused, not hung");
+    // The server's side of it: every prediction it made was logged, and
+    // its log was flushed before `run` returned. The monitor counts exactly
+    // the client's successes: no accepted call failed or was lost.
+    let logged = sb
+        .monitor()
+        .await
+        .get_report(GetReportRequest {
+            model: MODEL.into(),
+            version: v,
+            window: WindowKind::Long as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .drift
+        .unwrap()
+        .rows;
+    assert_eq!(logged, 1 + ok, "rows logged vs predictions answered OK");
+
+    // Health: SERVING, then NOT_SERVING while the listener still accepts,
+    // then no connection; never back.
+    let seen = probe.await.unwrap();
+    let serving = ServingStatus::Serving as i32;
+    let not_serving = ServingStatus::NotServing as i32;
+    let first_not = seen
+        .iter()
+        .position(|(_, s)| *s == Some(not_serving))
+        .unwrap_or_else(|| panic!("NOT_SERVING was never seen: {seen:?}"));
+    let first_gone = seen
+        .iter()
+        .position(|(_, s)| s.is_none())
+        .unwrap_or_else(|| panic!("the listener never closed: {seen:?}"));
+    assert!(first_not < first_gone, "{seen:?}");
+    assert!(seen[..first_not].iter().all(|(_, s)| *s == Some(serving)));
+    assert!(seen[first_not..].iter().all(|(_, s)| *s != Some(serving)));
+    assert!(
+        seen[first_gone..].iter().all(|(_, s)| s.is_none()),
+        "{seen:?}"
+    );
+    assert!(seen[first_not].0 >= t0 && seen[first_gone].0 >= t0 + DELAY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_stream_does_not_hold_shutdown_past_the_grace_period() {
+    use evergreen_proto::v1::register_version_request::Part;
+    use evergreen_proto::v1::{GetModelRequest, RegisterVersionRequest};
+    use tokio::time::Instant;
+
+    let mut sb = Sandbox::builder()
+        .registry(|c| c.shutdown_grace_seconds = 1)
+        .start()
+        .await;
+    let mut r = sb.registry().await;
+    r.create_model(req::create("m")).await.unwrap();
+    // An upload that sends its header and then nothing, forever.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(RegisterVersionRequest {
+        part: Some(Part::Header(req::header("m"))),
+    })
+    .await
+    .unwrap();
+    let stuck = tokio::spawn(async move {
+        r.register_version(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    until("the upload is in", || async {
+        let page = sb.scrape(sb.registry_addr).await;
+        metric(
+            &page,
+            r#"grpc_server_started_total{grpc_service="evergreen.v1.Registry",grpc_method="RegisterVersion"}"#,
+        )
+    })
+    .await;
+
+    let t0 = Instant::now();
+    sb.stop().await.expect("run returns Ok");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_secs(4),
+        "stopped after {took:?} with a 1 s grace period"
+    );
+    // The stuck caller got an error rather than hanging.
+    let e = tokio::time::timeout(Duration::from_secs(5), stuck)
+        .await
+        .expect("the stuck call ended")
+        .unwrap()
+        .unwrap_err();
+    assert_ne!(e.code(), Code::Ok);
+    drop(tx);
+    // Nothing holds the data dir: the registry starts again on it.
+    sb.start_registry().await;
+    sb.registry()
+        .await
+        .get_model(GetModelRequest { name: "m".into() })
+        .await
+        .unwrap();
 }

@@ -61,6 +61,7 @@ pub async fn serve(
             "listener closed; waiting for in-flight calls"
         );
     };
+    let layer = crate::rpc::RpcLayer::new(shell);
     let mut builder = Server::builder();
     if let Some(tls) = security.tls {
         builder = builder.tls_config(tls).context("configuring TLS")?;
@@ -68,7 +69,7 @@ pub async fn serve(
     let server = builder
         .max_concurrent_streams(shell.limits.max_concurrent_streams)
         // Outermost first: RPC metrics also count calls auth refuses.
-        .layer(crate::rpc::RpcLayer::new(shell))
+        .layer(layer.clone())
         .layer(security.auth)
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(incoming, signal);
@@ -79,5 +80,19 @@ pub async fn serve(
             Err(_) => std::future::pending().await,
         }
     };
-    drain.run(server, began).await.context("grpc server failed")
+    let served = drain.run(server, began).await.context("grpc server failed");
+    // Calls closed by force end on their own tasks: wait for them to let go
+    // of the daemon's state, so that it can close (and restart in-process).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while layer.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if layer.in_flight() > 0 {
+        tracing::warn!(
+            daemon = name,
+            calls = layer.in_flight(),
+            "calls still alive 5 s after the forced close"
+        );
+    }
+    served
 }

@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -150,6 +151,25 @@ struct Shared {
     max_message_bytes: usize,
     max_streams: u32,
     streams: Arc<Semaphore>,
+    /// Calls whose handler or response body is still alive.
+    inflight: Arc<AtomicUsize>,
+}
+
+/// Counts a call as in flight until dropped (the handler's future, then
+/// the response body, carry it).
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(n: &Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        InFlight(n.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// See the module documentation.
@@ -168,8 +188,14 @@ impl RpcLayer {
                 max_message_bytes: shell.limits.max_message_bytes,
                 max_streams,
                 streams: Arc::new(Semaphore::new(max_streams as usize)),
+                inflight: Arc::new(AtomicUsize::new(0)),
             }),
         }
+    }
+
+    /// Calls still alive (handlers running, response bodies not dropped).
+    pub fn in_flight(&self) -> usize {
+        self.shared.inflight.load(Ordering::SeqCst)
     }
 }
 
@@ -262,6 +288,7 @@ where
         if let Some(id) = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
             span.record("request_id", id);
         }
+        let guard = InFlight::new(&shared.inflight);
         let limit = shared.max_message_bytes;
         let daemon = shared.daemon;
         let req = req.map(|b| Body::new(LimitedBody::new(b, limit, daemon)));
@@ -282,7 +309,13 @@ where
                 permit,
                 done: false,
             };
-            Ok(resp.map(|b| Body::new(ObservedBody { inner: b, obs })))
+            Ok(resp.map(|b| {
+                Body::new(ObservedBody {
+                    inner: b,
+                    obs,
+                    _guard: guard,
+                })
+            }))
         })
     }
 }
@@ -336,6 +369,7 @@ impl Drop for Observed {
 struct ObservedBody {
     inner: Body,
     obs: Observed,
+    _guard: InFlight,
 }
 
 impl http_body::Body for ObservedBody {

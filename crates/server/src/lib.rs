@@ -64,13 +64,14 @@ pub async fn run(
         &evergreen_runtime::client::Keys::Config("server.client".into()),
     )?;
     let registry = lazy_channel(&client, &config.registry_url, "registry_url")?;
-    let log = if config.monitor_url.is_empty() {
-        None
+    let (log, log_task) = if config.monitor_url.is_empty() {
+        (None, None)
     } else {
-        Some(log::LogShipper::start(
+        let (log, task) = log::LogShipper::start(
             lazy_channel(&client, &config.monitor_url, "monitor_url")?,
             &config.log,
-        ))
+        );
+        (Some(log), Some(task))
     };
     let (on_demand_tx, on_demand_rx) = mpsc::channel(64);
     let (ready_tx, mut ready_rx) = watch::channel(false);
@@ -129,6 +130,16 @@ pub async fn run(
     let served = evergreen_runtime::serve(&shell, listener, routes, shutdown).await;
     drop(server); // closes the on-demand channel: the syncer stops
     sync_task.abort();
+    // The prediction log's sender ends when the last handle is gone (shadow
+    // scorings may hold one briefly): what was queued reaches the monitor.
+    if let Some(task) = log_task {
+        if tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the prediction log did not flush within 10 s");
+        }
+    }
     tracing::info!("server stopped");
     served
 }

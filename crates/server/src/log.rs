@@ -36,22 +36,28 @@ pub struct LogShipper {
 
 impl LogShipper {
     /// Starts the sender task; records flow to `monitor` (a lazy channel).
-    pub fn start(monitor: Channel, config: &LogConfig) -> Arc<LogShipper> {
+    /// The task ends once every `LogShipper` handle is gone and what was
+    /// queued has been sent (await it at shutdown: that is the flush).
+    pub fn start(
+        monitor: Channel,
+        config: &LogConfig,
+    ) -> (Arc<LogShipper>, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(config.queue);
         let stats = Arc::new(LogStats::default());
-        tokio::spawn(ship(
+        let task = tokio::spawn(ship(
             monitor,
             rx,
             stats.clone(),
             config.batch,
             Duration::from_millis(config.flush_ms),
         ));
-        Arc::new(LogShipper {
+        let shipper = Arc::new(LogShipper {
             tx,
             sample_rate: config.sample_rate,
             stats,
             capacity: config.queue,
-        })
+        });
+        (shipper, task)
     }
 
     /// Whether this request is in the sample (stable per request id).
@@ -83,13 +89,26 @@ async fn ship(
     'connect: loop {
         let (btx, brx) = mpsc::channel::<PredictionLogBatch>(4);
         let mut client = MonitorClient::new(monitor.clone());
-        let call =
+        let mut call =
             tokio::spawn(async move { client.log_predictions(ReceiverStream::new(brx)).await });
         let mut dropped_since = 0u64;
         loop {
             // Wait for a first record, then fill the batch until it is full
             // or `flush` has passed.
-            let Some(first) = rx.recv().await else { return };
+            let Some(first) = rx.recv().await else {
+                // Every handle is gone (shutdown) and the queue is empty:
+                // end the stream and wait for the monitor's answer, so the
+                // last batches are not cut off.
+                drop(btx);
+                match tokio::time::timeout(Duration::from_secs(5), call).await {
+                    Ok(Ok(Ok(_))) => {}
+                    Ok(Ok(Err(e))) => {
+                        tracing::warn!(error = %e, "the monitor refused the last prediction-log batches")
+                    }
+                    _ => tracing::warn!("the prediction-log stream did not end within 5 s"),
+                }
+                return;
+            };
             let mut records = vec![first];
             let deadline = tokio::time::Instant::now() + flush;
             while records.len() < batch {
@@ -104,11 +123,23 @@ async fn ship(
                 records,
                 dropped: dropped_now - dropped_since,
             };
-            if call.is_finished() || btx.try_send(msg).is_err() {
+            // A slow monitor holds batches here (the queue before it absorbs
+            // the traffic, and drops what does not fit); one that takes no
+            // batch for 5 s, or whose stream ended, gets a new stream.
+            let sent = !call.is_finished()
+                && matches!(
+                    tokio::time::timeout(Duration::from_secs(5), btx.send(msg)).await,
+                    Ok(Ok(()))
+                );
+            if !sent {
                 stats.dropped.fetch_add(n, Ordering::Relaxed);
                 drop(btx);
-                if let Ok(Err(e)) = call.await {
-                    tracing::debug!(error = %e, "prediction log stream to the monitor ended");
+                match tokio::time::timeout(Duration::from_secs(1), &mut call).await {
+                    Ok(Ok(Err(e))) => {
+                        tracing::warn!(error = %e, "prediction log stream to the monitor ended")
+                    }
+                    Err(_) => call.abort(),
+                    _ => {}
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
