@@ -586,7 +586,25 @@ async fn a_cancelled_job_registers_nothing_and_shutdown_cancels_running_jobs() {
     // A job still running at shutdown is cancelled, and after the restart
     // its record says so.
     let job = t.submit_job(big).await.unwrap().into_inner();
+    let mut watch = t
+        .watch_job(GetJobRequest { id: job.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let stopping = std::time::Instant::now();
     sb.restart_trainer().await;
+    // Its progress stream ended with the reason as the drain began, not
+    // with a connection cut at the end of the grace period.
+    assert!(stopping.elapsed() < std::time::Duration::from_secs(10));
+    let end = loop {
+        match watch.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without the job's end"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(end.code(), Code::Cancelled, "{end:?}");
+    assert!(end.message().contains("shutting down"), "{}", end.message());
     let mut t = sb.trainer().await;
     let j = t
         .get_job(GetJobRequest { id: job.id.clone() })

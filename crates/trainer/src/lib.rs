@@ -65,7 +65,15 @@ pub async fn run(
             .holdings()
     }));
     tracing::info!(addr = %listener.local_addr()?, registry = %config.registry_url, "trainer serving");
-    let served = evergreen_runtime::serve(&shell, listener, routes, shutdown).await;
+    let j = jobs.clone();
+    let signal = async move {
+        shutdown.await;
+        // Jobs are cancelled as the drain begins (nothing is registered),
+        // so their progress streams end saying so instead of holding the
+        // drain until the grace period runs out.
+        tokio::spawn(async move { j.shutdown().await });
+    };
+    let served = evergreen_runtime::serve(&shell, listener, routes, signal).await;
     jobs.shutdown().await;
     // Job and stream tasks hold the job database; wait for them to let go so
     // that a restart in the same process can reopen it.
