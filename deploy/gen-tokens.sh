@@ -46,8 +46,10 @@ cat >"$out/secret/tokens" <<TOKENS
 # The daemons' own tokens (client.token_file).
 # registry: asks the monitor for health reports before phase-out steps.
 reader $registry
-# trainer: registers versions.
+# trainer: registers versions, and moves the alias when a gated
+# train/retrain passes its gate (SetAlias needs deployer).
 trainer $trainer
+deployer $trainer
 # server: watches the registry, downloads artifacts, logs predictions.
 reader $server
 # monitor: rollbacks and deprecations (registry), RETRAIN (trainer).
