@@ -45,13 +45,16 @@ struct Daemon {
     stderr: Arc<Mutex<String>>,
 }
 
+/// A started child, its address and its stderr so far.
+type Started = (Child, SocketAddr, Arc<Mutex<String>>);
+
 /// Spawns `bin` and waits for its "NAME listening on ADDR" line; `Err`
 /// with (exit status, stderr) when it exits first.
 fn spawn(
     bin: &str,
     args: &[&str],
     env: &[(String, String)],
-) -> Result<(Child, SocketAddr, Arc<Mutex<String>>), (ExitStatus, String)> {
+) -> Result<Started, (ExitStatus, String)> {
     let mut cmd = Command::new(daemon_bin(bin));
     cmd.args(args)
         .env_remove("EVERGREEN_LOG")
