@@ -148,11 +148,11 @@ fn is_service_link(var: &str) -> bool {
             return true;
         }
     }
-    // X_PORT, X_PORT_7400_TCP, X_PORT_7400_TCP_{PROTO,PORT,ADDR}
+    // X_PORT (also X_PORT_7400_TCP_PORT), X_PORT_7400_TCP, X_PORT_7400_TCP_{PROTO,ADDR}
     match parts.as_slice() {
         [.., "PORT"] => true,
         [.., "PORT", p, proto] => is_port(p) && is_proto(proto),
-        [.., "PORT", p, proto, "PROTO" | "PORT" | "ADDR"] => is_port(p) && is_proto(proto),
+        [.., "PORT", p, proto, "PROTO" | "ADDR"] => is_port(p) && is_proto(proto),
         _ => false,
     }
 }
