@@ -277,6 +277,26 @@ fn up_again_on_the_same_data_dir_keeps_the_state() {
     assert_eq!(code, Some(0), "{err}");
 }
 
+/// `evergreen up --config CFG --data-dir DIR/state` with one variable set.
+fn up_with(
+    cfg: &std::path::Path,
+    dir: &std::path::Path,
+    var: &str,
+    value: &str,
+) -> std::process::Output {
+    Command::new(BIN)
+        .args([
+            "up",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            dir.join("state").to_str().unwrap(),
+        ])
+        .env(var, value)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn up_on_a_busy_port_names_the_daemon_the_address_and_the_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -284,17 +304,7 @@ fn up_on_a_busy_port_names_the_daemon_the_address_and_the_key() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
     // The environment wins over the file, as for the daemons.
-    let out = Command::new(BIN)
-        .args([
-            "up",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--data-dir",
-            dir.path().join("state").to_str().unwrap(),
-        ])
-        .env("EVERGREEN_TRAINER__LISTEN", &addr)
-        .output()
-        .unwrap();
+    let out = up_with(&cfg, dir.path(), "EVERGREEN_TRAINER__LISTEN", &addr);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     assert_eq!(
         text(&out.stderr),
@@ -305,17 +315,7 @@ fn up_on_a_busy_port_names_the_daemon_the_address_and_the_key() {
     assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
 
     // A busy metrics port is named the same way, with its own key.
-    let out = Command::new(BIN)
-        .args([
-            "up",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--data-dir",
-            dir.path().join("state").to_str().unwrap(),
-        ])
-        .env("EVERGREEN_MONITOR__METRICS_LISTEN", &addr)
-        .output()
-        .unwrap();
+    let out = up_with(&cfg, dir.path(), "EVERGREEN_MONITOR__METRICS_LISTEN", &addr);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     assert_eq!(
         text(&out.stderr),
