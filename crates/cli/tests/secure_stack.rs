@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use evergreen_e2e::process::{self, env, Daemon};
 use evergreen_e2e::secure::{tokens, Secure};
 
 const CLI: &str = env!("CARGO_BIN_EXE_evergreen");
@@ -36,126 +37,15 @@ fn dataset(name: &str) -> String {
     format!("{}/../../data/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A daemon child process; killed when dropped unless it was stopped.
-struct Daemon {
-    name: &'static str,
-    child: Child,
-    addr: SocketAddr,
-    /// Everything it wrote to stderr so far (drained by a thread).
-    stderr: Arc<Mutex<String>>,
+/// Starts the daemon binary `name` (panics with its stderr when it does
+/// not start).
+fn start(name: &str, args: &[&str], env: &[(String, String)]) -> Daemon {
+    Daemon::start(&daemon_bin(name), args, env)
 }
 
-/// A started child, its address and its stderr so far.
-type Started = (Child, SocketAddr, Arc<Mutex<String>>);
-
-/// Spawns `bin` and waits for its "NAME listening on ADDR" line; `Err`
-/// with (exit status, stderr) when it exits first.
-fn spawn(
-    bin: &str,
-    args: &[&str],
-    env: &[(String, String)],
-) -> Result<Started, (ExitStatus, String)> {
-    let mut cmd = Command::new(daemon_bin(bin));
-    cmd.args(args)
-        .env_remove("EVERGREEN_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let mut pipe = child.stderr.take().unwrap();
-    let sink = stderr.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    let mut line = String::new();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    out.read_line(&mut line).unwrap();
-    match line
-        .trim()
-        .strip_prefix(&format!("{bin} listening on "))
-        .map(|a| a.parse::<SocketAddr>())
-    {
-        Some(Ok(addr)) => {
-            // Keep draining stdout so the daemon never blocks on it.
-            std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-            Ok((child, addr, stderr))
-        }
-        _ => {
-            let status = child.wait().unwrap();
-            // The stderr thread finishes once the process is gone.
-            std::thread::sleep(Duration::from_millis(100));
-            let err = stderr.lock().unwrap().clone();
-            Err((status, err))
-        }
-    }
-}
-
-impl Daemon {
-    fn start(name: &'static str, args: &[&str], env: &[(String, String)]) -> Daemon {
-        let (child, addr, stderr) = spawn(name, args, env)
-            .unwrap_or_else(|(s, err)| panic!("{name} did not start ({s}): {err}"));
-        Daemon {
-            name,
-            child,
-            addr,
-            stderr,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("https://{}", self.addr)
-    }
-
-    /// SIGTERM, then waits (at most 30 s) for the exit status.
-    fn terminate(&mut self) -> ExitStatus {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        self.wait_exit()
-    }
-
-    /// Waits (at most 30 s) for the exit status.
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not stop after SIGTERM",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// The URL the others and the CLI reach a daemon at.
+fn url(d: &Daemon) -> String {
+    format!("https://{}", d.addr)
 }
 
 /// The four daemons with mutual TLS and tokens.
@@ -197,13 +87,6 @@ fn config_file(dir: &Path, s: &Secure) -> PathBuf {
     path
 }
 
-fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect()
-}
-
 /// Starts the stack (`server_env`: more overrides for the server).
 fn secure_stack(server_env: &[(&str, String)]) -> SecureStack {
     let dir = tempfile::tempdir().unwrap();
@@ -211,7 +94,7 @@ fn secure_stack(server_env: &[(&str, String)]) -> SecureStack {
     let config = config_file(dir.path(), &secure);
     let config = config.to_str().unwrap();
     let data = |d: &str| dir.path().join(d).display().to_string();
-    let registry = Daemon::start(
+    let registry = start(
         "evergreen-registry",
         &["--config", config, "--listen", "127.0.0.1:0"],
         &env(&[
@@ -224,7 +107,7 @@ fn secure_stack(server_env: &[(&str, String)]) -> SecureStack {
             ),
         ]),
     );
-    let trainer = Daemon::start(
+    let trainer = start(
         "evergreen-trainer",
         &[
             "--config",
@@ -232,7 +115,7 @@ fn secure_stack(server_env: &[(&str, String)]) -> SecureStack {
             "--listen",
             "127.0.0.1:0",
             "--registry",
-            &registry.url(),
+            &url(&registry),
         ],
         &env(&[
             ("EVERGREEN_TRAINER__DATA_DIR", data("trainer")),
@@ -242,7 +125,7 @@ fn secure_stack(server_env: &[(&str, String)]) -> SecureStack {
             ),
         ]),
     );
-    let monitor = Daemon::start(
+    let monitor = start(
         "evergreen-monitor",
         &[
             "--config",
@@ -250,9 +133,9 @@ fn secure_stack(server_env: &[(&str, String)]) -> SecureStack {
             "--listen",
             "127.0.0.1:0",
             "--registry",
-            &registry.url(),
+            &url(&registry),
             "--trainer",
-            &trainer.url(),
+            &url(&trainer),
         ],
         &env(&[
             ("EVERGREEN_MONITOR__DATA_DIR", data("monitor")),
@@ -274,7 +157,7 @@ fn secure_stack(server_env: &[(&str, String)]) -> SecureStack {
         ),
     ]);
     senv.extend(env(server_env));
-    let server = Daemon::start(
+    let server = start(
         "evergreen-server",
         &[
             "--config",
@@ -282,9 +165,9 @@ fn secure_stack(server_env: &[(&str, String)]) -> SecureStack {
             "--listen",
             "127.0.0.1:0",
             "--registry",
-            &registry.url(),
+            &url(&registry),
             "--monitor",
-            &monitor.url(),
+            &url(&monitor),
         ],
         &senv,
     );
@@ -309,10 +192,10 @@ impl SecureStack {
         cmd.args(args)
             .env_remove("EVERGREEN_TOKEN")
             .env_remove("EVERGREEN_TOKEN_FILE")
-            .env("EVERGREEN_REGISTRY_URL", self.registry.url())
-            .env("EVERGREEN_TRAINER_URL", self.trainer.url())
-            .env("EVERGREEN_SERVER_URL", self.server.url())
-            .env("EVERGREEN_MONITOR_URL", self.monitor.url())
+            .env("EVERGREEN_REGISTRY_URL", url(&self.registry))
+            .env("EVERGREEN_TRAINER_URL", url(&self.trainer))
+            .env("EVERGREEN_SERVER_URL", url(&self.server))
+            .env("EVERGREEN_MONITOR_URL", url(&self.monitor))
             .env("EVERGREEN_CA", &self.secure.pki.ca)
             .env("EVERGREEN_CERT", &self.secure.pki.client_cert)
             .env("EVERGREEN_KEY", &self.secure.pki.client_key)
@@ -423,7 +306,7 @@ fn roles_through_the_cli_against_the_real_binaries_with_mutual_tls_and_tokens() 
     let out = Command::new(CLI)
         .args(["models", "list"])
         .env("EVERGREEN_TOKEN", tokens::READER)
-        .env("EVERGREEN_REGISTRY_URL", s.registry.url())
+        .env("EVERGREEN_REGISTRY_URL", url(&s.registry))
         .env("EVERGREEN_CA", &s.secure.pki.ca)
         .env("EVERGREEN_CERT", &s.secure.pki.client_cert)
         .env("EVERGREEN_KEY", &s.secure.pki.client_key)
@@ -520,7 +403,7 @@ fn roles_through_the_cli_against_the_real_binaries_with_mutual_tls_and_tokens() 
     // without the CA the daemon is not trusted.
     let out = Command::new(CLI)
         .args(["--token", tokens::ADMIN, "models", "list"])
-        .env("EVERGREEN_REGISTRY_URL", s.registry.url())
+        .env("EVERGREEN_REGISTRY_URL", url(&s.registry))
         .env("EVERGREEN_CA", &s.secure.pki.ca)
         .output()
         .unwrap();
@@ -534,7 +417,7 @@ fn roles_through_the_cli_against_the_real_binaries_with_mutual_tls_and_tokens() 
     );
     let out = Command::new(CLI)
         .args(["--token", tokens::ADMIN, "models", "list"])
-        .env("EVERGREEN_REGISTRY_URL", s.registry.url())
+        .env("EVERGREEN_REGISTRY_URL", url(&s.registry))
         .env("EVERGREEN_CERT", &s.secure.pki.client_cert)
         .env("EVERGREEN_KEY", &s.secure.pki.client_key)
         .output()
@@ -593,17 +476,7 @@ fn start_up_refusals_exit_2_with_one_line_naming_the_key() {
     let refused = |args: &[&str], extra: &[(&str, String)]| -> String {
         let mut e = base.clone();
         e.extend(env(extra));
-        match spawn("evergreen-registry", args, &e) {
-            Ok((mut child, addr, _)) => {
-                let _ = child.kill();
-                panic!("started on {addr} but should have been refused")
-            }
-            Err((status, err)) => {
-                assert_eq!(status.code(), Some(2), "{err}");
-                assert_eq!(err.lines().count(), 1, "one line: {err}");
-                err.trim().to_string()
-            }
-        }
+        process::refused(&daemon_bin("evergreen-registry"), args, &e, 2)
     };
 
     // A public address without auth.
@@ -684,19 +557,13 @@ fn start_up_refusals_exit_2_with_one_line_naming_the_key() {
         "EVERGREEN_REGISTRY__DATA_DIR".into(),
         dir.path().join("insecure").display().to_string(),
     ));
-    let (child, addr, stderr) = spawn(
-        "evergreen-registry",
+    let mut d = process::spawn(
+        &daemon_bin("evergreen-registry"),
         &["--listen", "0.0.0.0:0", "--insecure"],
         &e,
     )
     .unwrap_or_else(|(s, err)| panic!("--insecure did not start ({s}): {err}"));
-    assert!(addr.ip().is_unspecified(), "{addr}");
-    let mut d = Daemon {
-        name: "evergreen-registry",
-        child,
-        addr,
-        stderr,
-    };
+    assert!(d.addr.ip().is_unspecified(), "{}", d.addr);
     assert_eq!(d.terminate().code(), Some(0), "{}", d.stderr());
 }
 
@@ -761,7 +628,7 @@ fn sigterm_under_load(s: &mut SecureStack) -> LoadReport {
         named: Default::default(),
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let url = s.server.url();
+    let url = url(&s.server);
     let client = s.secure.client(tokens::READER);
     let sigterm_sent = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
