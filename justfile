@@ -30,6 +30,13 @@ demo-check:
 test:
     cargo test --workspace
 
+# Evergreen side by side with scikit-learn, Flask+gunicorn, MLflow, a
+# Triton-style poller and Evidently, in one run: writes BENCHMARKS.md and
+# bench/results.json (creates its own Python env from bench/python).
+bench-compare *ARGS:
+    cargo build --release --bins
+    cargo run --release -p evergreen-bench -- {{ARGS}}
+
 # Registry benchmark: prints a table with ratios to in-run baselines and MLflow.
 bench:
     cargo bench -p evergreen-registry --bench registry
