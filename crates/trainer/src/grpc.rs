@@ -225,8 +225,28 @@ impl TrainerGrpc {
         let id = id.to_string();
         tokio::spawn(async move {
             let mut last = None;
-            loop {
+            // Stages entered and reported so far (a stage shorter than the
+            // watcher's turn is still reported, from the job's history).
+            let mut reported = 0;
+            'watch: loop {
                 let job = rx.borrow_and_update().clone();
+                for entered in job.stages.iter().skip(reported) {
+                    reported += 1;
+                    let p = progress(entered, &job);
+                    // `Done` is the final event itself.
+                    if entered.stage == Stage::Done
+                        || last.as_ref().map(|(s, _)| *s) == Some(p.stage)
+                    {
+                        continue;
+                    }
+                    last = Some((p.stage, p.message.clone()));
+                    let ev = TrainEvent {
+                        kind: Some(train_event::Kind::Progress(p)),
+                    };
+                    if tx.send(Ok(ev)).await.is_err() {
+                        break 'watch;
+                    }
+                }
                 if job.state.is_final() {
                     let end = match job.state {
                         JobState::Succeeded => Ok(TrainEvent {

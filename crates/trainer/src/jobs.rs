@@ -54,6 +54,11 @@ pub struct JobRecord {
     pub error_code: String,
     pub request: RawRequest,
     pub progress: Progress,
+    /// The first progress of every stage the job entered, in order: a
+    /// watcher that missed a short stage (the live record only holds the
+    /// latest) still reports it.
+    #[serde(default)]
+    pub stages: Vec<Progress>,
     pub artifact_sha256: String,
     pub gate: Option<GateOutcome>,
     pub created_ms: i64,
@@ -62,6 +67,16 @@ pub struct JobRecord {
     /// Start of the run, for `elapsed`; not persisted meaningfully.
     #[serde(skip)]
     pub started: Option<Instant>,
+}
+
+impl JobRecord {
+    /// Moves the job's progress on, recording a stage it enters.
+    pub fn set_progress(&mut self, p: Progress) {
+        if self.stages.last().map(|l| l.stage) != Some(p.stage) {
+            self.stages.push(p.clone());
+        }
+        self.progress = p;
+    }
 }
 
 struct Live {
@@ -501,6 +516,9 @@ impl Jobs {
             error_code: String::new(),
             request: raw,
             progress: Progress::stage(Stage::Queued, 0.0, "waiting for a training slot"),
+            // Waiting in the queue is not history: a watcher that comes
+            // later starts from the first stage of the run.
+            stages: Vec::new(),
             artifact_sha256: String::new(),
             gate: None,
             created_ms: now_ms(),
@@ -544,11 +562,11 @@ impl Jobs {
                 }
             }
             if job.state == JobState::Succeeded {
-                job.progress = Progress::stage(
+                job.set_progress(Progress::stage(
                     Stage::Done,
                     100.0,
                     format!("registered {}/{}", job.model, job.version),
-                );
+                ));
             }
             tracing::info!(job = %job.id, state = ?job.state, version = job.version, error = %job.error, "training job ended");
             jobs.metrics
@@ -579,7 +597,7 @@ impl Jobs {
         tx.send_modify(|j| {
             j.state = JobState::Running;
             j.started = Some(started);
-            j.progress = Progress::stage(Stage::Loading, 1.0, loading);
+            j.set_progress(Progress::stage(Stage::Loading, 1.0, loading));
         });
         self.save(&tx.borrow());
         let actor = tx.borrow().actor.clone();
@@ -593,11 +611,11 @@ impl Jobs {
                     }
                 };
                 tx.send_modify(|j| {
-                    j.progress = Progress::stage(
+                    j.set_progress(Progress::stage(
                         Stage::Loading,
                         2.0,
                         format!("reading {} (downloaded to {})", o.uri(), path.display()),
-                    )
+                    ))
                 });
                 path
             }
@@ -628,7 +646,7 @@ impl Jobs {
                     }
                 })?;
                 let progress = |p: Progress| {
-                    tx2.send_modify(|j| j.progress = p);
+                    tx2.send_modify(|j| j.set_progress(p));
                 };
                 let inputs = Inputs {
                     recipe: &spec2.recipe,
@@ -652,7 +670,11 @@ impl Jobs {
 
         // Register: from here on the job is not cancellable.
         tx.send_modify(|j| {
-            j.progress = Progress::stage(Stage::Registering, 97.0, "registering the version")
+            j.set_progress(Progress::stage(
+                Stage::Registering,
+                97.0,
+                "registering the version",
+            ))
         });
         let id = tx.borrow().id.clone();
         let sha = hex::encode(sha2::Digest::finalize(
@@ -804,6 +826,47 @@ mod tests {
 
     /// A trainer killed mid-job (no graceful shutdown) leaves a RUNNING
     /// record; the next start reports it FAILED.
+    #[test]
+    fn a_job_remembers_each_stage_it_entered_once_with_its_first_message() {
+        let mut j = JobRecord {
+            id: "job-1".into(),
+            state: JobState::Running,
+            model: "m".into(),
+            version: 0,
+            metrics: BTreeMap::new(),
+            params: BTreeMap::new(),
+            error: String::new(),
+            error_code: String::new(),
+            request: RawRequest::default(),
+            progress: Progress::stage(Stage::Queued, 0.0, "queued"),
+            stages: Vec::new(),
+            artifact_sha256: String::new(),
+            gate: None,
+            created_ms: 0,
+            finished_ms: 0,
+            actor: "t".into(),
+            started: None,
+        };
+        j.set_progress(Progress::stage(Stage::Fitting, 10.0, "tree 1 of 100"));
+        j.set_progress(Progress::stage(Stage::Fitting, 50.0, "tree 50 of 100"));
+        j.set_progress(Progress::stage(Stage::Comparing, 95.0, "against v1"));
+        j.set_progress(Progress::stage(Stage::Registering, 97.0, "registering"));
+        let seen: Vec<(Stage, &str)> = j
+            .stages
+            .iter()
+            .map(|p| (p.stage, p.message.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (Stage::Fitting, "tree 1 of 100"),
+                (Stage::Comparing, "against v1"),
+                (Stage::Registering, "registering"),
+            ]
+        );
+        assert_eq!(j.progress.message, "registering");
+    }
+
     #[tokio::test]
     async fn jobs_interrupted_by_a_crash_read_as_failed_after_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -821,6 +884,7 @@ mod tests {
                 error_code: String::new(),
                 request: RawRequest::default(),
                 progress: Progress::stage(Stage::Fitting, 70.0, "tree 50 of 100"),
+                stages: Vec::new(),
                 artifact_sha256: String::new(),
                 gate: None,
                 created_ms: now_ms(),
