@@ -46,10 +46,6 @@ bench:
 bench-train:
     cargo bench -p evergreen-trainer --bench train
 
-# Serving benchmark: throughput/latency vs an empty RPC, promotions, memory.
-bench-serve:
-    cargo bench -p evergreen-server --bench serve
-
 # Drift benchmark: report and ingest timings vs Evidently / scipy.
 bench-drift:
     cargo bench -p evergreen-monitor --bench drift

@@ -6,7 +6,11 @@
 
 mod baseline;
 mod ctx;
+mod memory;
+mod promote;
 mod report;
+mod serve;
+mod stack;
 mod stats;
 
 use std::path::PathBuf;
@@ -100,6 +104,9 @@ fn commit(root: &std::path::Path) -> String {
 #[allow(unused_variables)]
 async fn run_section(id: &str, ctx: &Ctx) -> anyhow::Result<Section> {
     match id {
+        "serve" => serve::run(ctx).await,
+        "promote" => promote::run(ctx).await,
+        "memory" => memory::run(ctx).await,
         other => anyhow::bail!("section {other} is not built yet"),
     }
 }
