@@ -6,12 +6,15 @@
 
 mod baseline;
 mod ctx;
+mod drift;
 mod memory;
 mod promote;
+mod registry;
 mod report;
 mod serve;
 mod stack;
 mod stats;
+mod train;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -104,8 +107,11 @@ fn commit(root: &std::path::Path) -> String {
 #[allow(unused_variables)]
 async fn run_section(id: &str, ctx: &Ctx) -> anyhow::Result<Section> {
     match id {
+        "train" => train::run(ctx).await,
         "serve" => serve::run(ctx).await,
         "promote" => promote::run(ctx).await,
+        "registry" => registry::run(ctx).await,
+        "drift" => drift::run(ctx).await,
         "memory" => memory::run(ctx).await,
         other => anyhow::bail!("section {other} is not built yet"),
     }
