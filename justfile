@@ -37,19 +37,6 @@ bench-compare *ARGS:
     cargo build --release --bins
     cargo run --release -p evergreen-bench -- {{ARGS}}
 
-# Registry benchmark: prints a table with ratios to in-run baselines and MLflow.
-bench:
-    cargo bench -p evergreen-registry --bench registry
-
-# Training benchmark on ../shared/data/synth_100000.csv vs linfa-trees, and
-# scikit-learn in the same run when EVERGREEN_BENCH_PYTHON is set.
-bench-train:
-    cargo bench -p evergreen-trainer --bench train
-
-# Drift benchmark: report and ingest timings vs Evidently / scipy.
-bench-drift:
-    cargo bench -p evergreen-monitor --bench drift
-
 # Archive/restore of a 200 MiB artifact to in-process S3: MiB/s, peak memory.
 bench-archive:
     cargo bench -p evergreen-registry --bench archive
