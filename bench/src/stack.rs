@@ -513,6 +513,28 @@ pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
         .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
+/// Proportional set size of one process (pages shared with other
+/// processes divided among them), MiB, from /proc/PID/smaps_rollup.
+pub fn pss_mib(pid: u32) -> anyhow::Result<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .with_context(|| format!("read /proc/{pid}/smaps_rollup"))?;
+    s.lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .with_context(|| format!("no Pss in /proc/{pid}/smaps_rollup"))
+}
+
+/// PSS of `pid` plus its direct children, MiB.
+pub fn tree_pss_mib(pid: u32) -> anyhow::Result<f64> {
+    let mut total = pss_mib(pid)?;
+    for c in children(pid) {
+        total += pss_mib(c).unwrap_or(0.0);
+    }
+    Ok(total)
+}
+
 /// VmRSS of `pid` plus its direct children (gunicorn's master and workers),
 /// MiB, and how many processes were summed.
 pub fn tree_rss_mib(pid: u32) -> anyhow::Result<(f64, usize)> {
