@@ -62,6 +62,8 @@ fn input(ctx: &Ctx, name: &str, limit: Option<usize>) -> anyhow::Result<PathBuf>
 /// edges (what the monitor fills as traffic arrives), and the per-feature
 /// statistics and verdicts (what the monitor computes per report).
 struct Report {
+    /// Seconds spent profiling, binning, and computing the statistics.
+    phases: [f64; 3],
     profiles: Vec<NumericProfile>,
     windows: Vec<NumericWindow>,
     verdicts: Vec<FeatureDrift>,
@@ -102,10 +104,15 @@ fn verdicts(profiles: &[NumericProfile], windows: &[NumericWindow]) -> Vec<Featu
 }
 
 fn report(reference: &Dataset, current: &Dataset) -> anyhow::Result<Report> {
+    let t = Instant::now();
     let profiles = profile(reference)?;
+    let t_profile = t.elapsed().as_secs_f64();
     let windows = ingest(&profiles, current)?;
+    let t_ingest = t.elapsed().as_secs_f64();
     let verdicts = verdicts(&profiles, &windows);
+    let t_all = t.elapsed().as_secs_f64();
     Ok(Report {
+        phases: [t_profile, t_ingest - t_profile, t_all - t_ingest],
         profiles,
         windows,
         verdicts,
@@ -164,6 +171,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     let mut raw_pairs = Vec::new();
     let mut evidently_version = None;
     let mut ingest_rates = Vec::new();
+    let mut phase_notes = Vec::new();
     for (label, file) in pairs {
         let cur_path = input(ctx, file, limit)?;
         let current = load(&cur_path)?;
@@ -179,6 +187,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
         let mut base_s = Vec::new();
         let mut ours_s = Vec::new();
         let mut from_windows_s = Vec::new();
+        let mut phases = Vec::new();
         let mut evidently = None;
         let mut ours = None;
         for _ in 0..runs {
@@ -194,6 +203,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
             let t = Instant::now();
             let r = report(&reference, &current)?;
             ours_s.push(t.elapsed().as_secs_f64());
+            phases.push(r.phases);
             let t = Instant::now();
             std::hint::black_box(verdicts(&r.profiles, &r.windows));
             from_windows_s.push(t.elapsed().as_secs_f64());
@@ -308,12 +318,22 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
                 }
             ));
         }
+        let ph =
+            |k: usize| median(&phases.iter().map(|p: &[f64; 3]| p[k]).collect::<Vec<_>>()) * 1e3;
+        phase_notes.push(format!(
+            "{label}: profile {:.1} ms, binning {:.1} ms, statistics {:.2} ms",
+            ph(0),
+            ph(1),
+            ph(2)
+        ));
         raw_pairs.push(json!({
             "pair": label,
             "current": file,
             "evidently_s": base_s,
             "evergreen_s": ours_s,
             "evergreen_from_windows_s": from_windows_s,
+            "evergreen_phases_s": phases.iter().map(|p| json!({
+                "profile": p[0], "ingest": p[1], "statistics": p[2] })).collect::<Vec<_>>(),
             "evergreen_drifted": ours_drifted,
             "differ": differ,
             "max_score_diff": max_score_diff,
@@ -337,8 +357,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
          logged, {:.1} M rows × {nf} values/s on one thread through `Window::push`) and the \
          statistics. What the monitor itself pays when a report is asked for is the \"from \
          filled windows\" row. Evergreen uses rayon's {threads} threads for the profile and \
-         the binning; Evidently runs on one.",
-        ingest / 1e6
+         the binning; Evidently runs on one. Where the report's time goes (medians): {}.",
+        ingest / 1e6,
+        phase_notes.join("; ")
     ));
     if ctx.python.is_none() {
         notes.push(
