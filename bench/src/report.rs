@@ -121,6 +121,12 @@ pub fn fmt_num(x: f64) -> String {
     }
 }
 
+/// A ratio as "12.3×" (`times` is the sign), or `none`.
+fn ratio_cell(x: Option<f64>, times: &str, none: &str) -> String {
+    x.map(|x| format!("{}{times}", fmt_num(x)))
+        .unwrap_or_else(|| none.into())
+}
+
 fn cell(x: Option<f64>) -> String {
     x.map(fmt_num).unwrap_or_else(|| "—".into())
 }
@@ -160,9 +166,7 @@ impl Report {
                     "| {} | {} | {} | {} | {} |",
                     sec.title,
                     r.metric,
-                    r.ratio
-                        .map(|x| format!("{}×", fmt_num(x)))
-                        .unwrap_or("—".into()),
+                    ratio_cell(r.ratio, "×", "—"),
                     r.goal.as_deref().unwrap_or(""),
                     match r.met {
                         Some(true) => "yes",
@@ -192,9 +196,7 @@ impl Report {
                     r.unit,
                     cell(r.baseline),
                     cell(r.evergreen),
-                    r.ratio
-                        .map(|x| format!("{}×", fmt_num(x)))
-                        .unwrap_or("—".into()),
+                    ratio_cell(r.ratio, "×", "—"),
                     r.goal.as_deref().unwrap_or(""),
                     match r.met {
                         Some(true) => "yes",
@@ -228,9 +230,7 @@ impl Report {
                 format!("{} ({})", r.metric, r.unit),
                 cell(r.baseline),
                 cell(r.evergreen),
-                r.ratio
-                    .map(|x| format!("{}x", fmt_num(x)))
-                    .unwrap_or("-".into()),
+                ratio_cell(r.ratio, "x", "-"),
                 r.goal.as_deref().unwrap_or(""),
                 match r.met {
                     Some(true) => " met",

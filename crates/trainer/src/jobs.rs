@@ -826,9 +826,9 @@ mod tests {
 
     /// A trainer killed mid-job (no graceful shutdown) leaves a RUNNING
     /// record; the next start reports it FAILED.
-    #[test]
-    fn a_job_remembers_each_stage_it_entered_once_with_its_first_message() {
-        let mut j = JobRecord {
+    /// A running job record of model "m" at `progress`.
+    fn running_record(progress: Progress) -> JobRecord {
+        JobRecord {
             id: "job-1".into(),
             state: JobState::Running,
             model: "m".into(),
@@ -838,15 +838,20 @@ mod tests {
             error: String::new(),
             error_code: String::new(),
             request: RawRequest::default(),
-            progress: Progress::stage(Stage::Queued, 0.0, "queued"),
+            progress,
             stages: Vec::new(),
             artifact_sha256: String::new(),
             gate: None,
-            created_ms: 0,
+            created_ms: now_ms(),
             finished_ms: 0,
             actor: "t".into(),
             started: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_job_remembers_each_stage_it_entered_once_with_its_first_message() {
+        let mut j = running_record(Progress::stage(Stage::Queued, 0.0, "queued"));
         j.set_progress(Progress::stage(Stage::Fitting, 10.0, "tree 1 of 100"));
         j.set_progress(Progress::stage(Stage::Fitting, 50.0, "tree 50 of 100"));
         j.set_progress(Progress::stage(Stage::Comparing, 95.0, "against v1"));
@@ -875,22 +880,7 @@ mod tests {
             let jobs = Jobs::open(dir.path(), registry.clone(), 1, Default::default()).unwrap();
             let job = JobRecord {
                 id: "job-000007".into(),
-                state: JobState::Running,
-                model: "m".into(),
-                version: 0,
-                metrics: BTreeMap::new(),
-                params: BTreeMap::new(),
-                error: String::new(),
-                error_code: String::new(),
-                request: RawRequest::default(),
-                progress: Progress::stage(Stage::Fitting, 70.0, "tree 50 of 100"),
-                stages: Vec::new(),
-                artifact_sha256: String::new(),
-                gate: None,
-                created_ms: now_ms(),
-                finished_ms: 0,
-                actor: "t".into(),
-                started: None,
+                ..running_record(Progress::stage(Stage::Fitting, 70.0, "tree 50 of 100"))
             };
             jobs.save(&job);
         }
