@@ -95,14 +95,16 @@ fn decode_raw(t: &InferInputTensor, raw: &[u8], n: usize) -> Result<Tensor, Serv
             )))
         }
     };
-    if width > 0 && raw.len() != n * width {
+    // Checked: a crafted shape must not overflow (a panic) when multiplied.
+    let needed = n.checked_mul(width);
+    if width > 0 && needed != Some(raw.len()) {
         return Err(bad(format!(
             "raw contents of input {:?} have {} bytes; shape {:?} of {} needs {}",
             t.name,
             raw.len(),
             t.shape,
             t.datatype,
-            n * width
+            needed.map_or_else(|| "more than 2^64".to_string(), |b| b.to_string())
         )));
     }
     let chunks = raw.chunks_exact(width.max(1));
@@ -129,7 +131,9 @@ fn decode_raw(t: &InferInputTensor, raw: &[u8], n: usize) -> Result<Tensor, Serv
         ),
         _ => {
             // BYTES: each element is a 4-byte little-endian length, then the bytes.
-            let mut out = Vec::with_capacity(n);
+            // Each element takes at least its 4-byte prefix: the shape alone
+            // must not size the allocation (a huge one aborts the process).
+            let mut out = Vec::with_capacity(n.min(raw.len() / 4));
             let mut at = 0;
             while at < raw.len() {
                 let len = raw
