@@ -164,6 +164,7 @@ impl MonitorApi for MonitorGrpc {
             let r = self.monitor.ingest(&batch.records, batch.dropped).await;
             self.monitor.metrics.records("accepted", r.accepted);
             self.monitor.metrics.records("skipped", r.skipped);
+            self.monitor.metrics.records("malformed", r.malformed);
             accepted += r.accepted;
         }
         Ok(Response::new(pb::LogPredictionsResponse { accepted }))

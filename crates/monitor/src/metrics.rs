@@ -56,7 +56,7 @@ pub fn register(metrics: &Metrics, monitor: &Arc<Monitor>) {
     );
     metrics.register(
         "evergreen_monitor_records",
-        "Prediction-log records received, by outcome (accepted, or skipped: no reference profile)",
+        "Prediction-log records received, by outcome (accepted; skipped: no reference profile; malformed: does not fit its version)",
         m.records.clone(),
     );
     metrics.register(

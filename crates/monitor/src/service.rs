@@ -243,6 +243,32 @@ pub struct Ingested {
     pub accepted: u64,
     /// Records of versions whose profile could not be loaded.
     pub skipped: u64,
+    /// Records that do not fit their version (feature count, non-finite
+    /// numbers, probabilities of the wrong width): not counted anywhere, so
+    /// a malformed log cannot fake drift and set off actions.
+    pub malformed: u64,
+}
+
+/// Whether a successful prediction's record fits its model: as many
+/// features as the schema (finite numbers or categories or missing), and
+/// an answer of the model's shape.
+fn fits(model: &Model, features: Option<&pb::Row>, p: &pb::Prediction) -> bool {
+    let Some(f) = features else { return false };
+    let finite =
+        |v: &pb::Value| !matches!(v.kind, Some(pb::value::Kind::Number(x)) if !x.is_finite());
+    let answer = match model.schema.labels() {
+        Some(labels) => {
+            p.probabilities.len() == labels.len()
+                && p.probabilities
+                    .iter()
+                    .all(|q| (-1e-9..=1.0 + 1e-9).contains(q))
+        }
+        None => p.value.is_finite(),
+    };
+    answer
+        && f.named.is_empty()
+        && f.values.len() == model.schema.features.len()
+        && f.values.iter().all(finite)
 }
 
 #[derive(Default, Debug, PartialEq)]
@@ -444,6 +470,12 @@ impl Monitor {
                     out.skipped += 1;
                     continue;
                 };
+                if let (true, Some(p)) = (r.error.is_empty(), &r.prediction) {
+                    if !fits(&tr.model, r.features.as_ref(), p) {
+                        out.malformed += 1;
+                        continue;
+                    }
+                }
                 let cur = &mut tr.state.current;
                 if cur.rows == 0 && cur.health.requests == 0 {
                     cur.start = t;
