@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,6 +16,10 @@ pub struct Daemon {
     pub addr: SocketAddr,
     /// Everything it wrote to stderr so far (drained by a thread).
     stderr: Arc<Mutex<String>>,
+    /// How it was started, for `restart`.
+    bin: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 /// Spawns `bin` (its file name is the daemon's name) and waits for its
@@ -73,6 +77,9 @@ pub fn spawn(
                 child,
                 addr,
                 stderr,
+                bin: bin.to_path_buf(),
+                args: args.iter().map(|a| a.to_string()).collect(),
+                env: env.to_vec(),
             })
         }
         _ => {
@@ -121,6 +128,48 @@ impl Daemon {
     /// What it wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// SIGKILL (a crash: no drain, no flush), then reaps the process.
+    pub fn kill9(&mut self) -> ExitStatus {
+        if self.child.try_wait().unwrap().is_none() {
+            let _ = self.child.kill();
+        }
+        self.child.wait().unwrap()
+    }
+
+    /// Starts the daemon again, as it was started (same binary, flags,
+    /// environment, so the same data dir) but on the address it had, so
+    /// that clients and the other daemons find it where it was; stops the
+    /// old process first (SIGKILL) if it still runs. The stderr collected
+    /// so far is kept, the new process's appended.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let addr = self.addr.to_string();
+        let mut args = self.args.clone();
+        match args.iter().position(|a| a == "--listen") {
+            Some(i) if i + 1 < args.len() => args[i + 1] = addr.clone(),
+            _ => args.extend(["--listen".to_string(), addr.clone()]),
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        // The port is free once the old process is reaped (the daemons
+        // bind with SO_REUSEADDR), but retry briefly in case the kernel
+        // is slow to release it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut next = loop {
+            match spawn(&self.bin, &argv, &self.env) {
+                Ok(d) => break d,
+                Err((_, err)) if err.contains("in use") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err((s, err)) => panic!("{} did not restart on {addr} ({s}): {err}", self.name),
+            }
+        };
+        let old = self.stderr();
+        next.stderr.lock().unwrap().insert_str(0, &old);
+        assert_eq!(next.addr, self.addr, "restarted on the same address");
+        // Swap in the new process; the old (reaped) one is dropped.
+        std::mem::swap(self, &mut next);
     }
 }
 
