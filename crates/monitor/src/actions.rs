@@ -16,7 +16,8 @@
 //! - the breached version is no longer the target, and the target does at
 //!   least as well → RETIRE (DEPRECATED, naming the replacement).
 //!
-//! Each signal is stored before it is broadcast to WatchSignals.
+//! The breach is marked fired and written to disk before its action is
+//! taken; each signal is stored before it is broadcast to WatchSignals.
 
 use evergreen_proto::v1 as pb;
 use evergreen_proto::v1::SignalKind;
@@ -205,6 +206,15 @@ impl Monitor {
 
     /// Decides and takes the action for one candidate; records the signal.
     pub(crate) async fn act(&self, c: Candidate) {
+        // The fired run (`fired_episode`) and the windows behind it become
+        // durable before anything is done about them: the periodic write
+        // (every `persist_ms`) alone would let a crash right after the
+        // action forget the run, renumber its windows, and act again on
+        // the same breach after the restart. A crash between this write
+        // and the action loses the action rather than repeating it.
+        if let Err(e) = self.persist() {
+            tracing::error!(error = %e, "cannot persist the breach before acting on it");
+        }
         let (model, version) = (c.key.0.clone(), c.key.1);
         let p = &c.policy;
         let mut signal = pb::Signal {
