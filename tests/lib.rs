@@ -15,8 +15,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub mod process;
+pub mod proxy;
 pub mod secure;
 
+use proxy::Proxy;
 use secure::{tokens, Secure};
 
 /// What the sandbox's clients use: with `SandboxBuilder::secure`, TLS and
@@ -51,6 +53,12 @@ pub struct Sandbox {
     config: RegistryConfig,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// With `SandboxBuilder::proxied`: what the server, trainer and
+    /// monitor reach the registry through.
+    registry_proxy: Option<Proxy>,
+    /// With `SandboxBuilder::proxied` and a monitor: what the server ships
+    /// its prediction log through.
+    monitor_proxy: Option<Proxy>,
 }
 
 type ConfigTweak = Box<dyn FnOnce(&mut RegistryConfig)>;
@@ -67,6 +75,7 @@ pub struct SandboxBuilder {
     server: Option<ServerTweak>,
     monitor: Option<MonitorTweak>,
     secure: bool,
+    proxied: bool,
 }
 
 impl SandboxBuilder {
@@ -82,6 +91,16 @@ impl SandboxBuilder {
     /// Tweaks run after, so a test can change any of it.
     pub fn secure(mut self) -> Self {
         self.secure = true;
+        self
+    }
+
+    /// Puts a fault-injecting [`Proxy`] between the daemons: the server,
+    /// trainer and monitor reach the registry through
+    /// [`Sandbox::registry_proxy`], the server reaches the monitor through
+    /// [`Sandbox::monitor_proxy`]. The sandbox's own clients connect
+    /// directly.
+    pub fn proxied(mut self) -> Self {
+        self.proxied = true;
         self
     }
 
@@ -213,8 +232,16 @@ impl SandboxBuilder {
             config,
             stop: None,
             task: None,
+            registry_proxy: None,
+            monitor_proxy: None,
         };
         sandbox.boot().await;
+        if self.proxied {
+            sandbox.registry_proxy = Some(Proxy::start(sandbox.registry_addr).await);
+            if let Some(m) = monitor_addr {
+                sandbox.monitor_proxy = Some(Proxy::start(m).await);
+            }
+        }
         if sandbox.trainer_config.is_some() {
             sandbox.boot_trainer().await;
         }
@@ -260,7 +287,7 @@ impl Sandbox {
             .trainer_config
             .clone()
             .expect("a trainer was asked for");
-        config.registry_url = self.registry_url();
+        config.registry_url = self.registry_url_for_daemons();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             evergreen_trainer::run(config, listener, async {
@@ -275,8 +302,9 @@ impl Sandbox {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         self.server_addr = Some(listener.local_addr().unwrap());
         let mut config = self.server_config.clone().expect("a server was asked for");
-        config.registry_url = self.registry_url();
+        config.registry_url = self.registry_url_for_daemons();
         if let Some(m) = self.monitor_addr {
+            let m = self.monitor_proxy.as_ref().map_or(m, Proxy::addr);
             config.monitor_url = format!("{}://{m}", self.scheme);
             config.log.flush_ms = 20;
         }
@@ -303,7 +331,7 @@ impl Sandbox {
             .monitor_config
             .clone()
             .expect("a monitor was asked for");
-        config.registry_url = self.registry_url();
+        config.registry_url = self.registry_url_for_daemons();
         config.trainer_url = self
             .trainer_addr
             .map(|a| format!("{}://{a}", self.scheme))
@@ -418,6 +446,30 @@ impl Sandbox {
 
     pub fn registry_url(&self) -> String {
         format!("{}://{}", self.scheme, self.registry_addr)
+    }
+
+    /// The registry's URL as the other daemons are given it (through the
+    /// proxy with `SandboxBuilder::proxied`).
+    fn registry_url_for_daemons(&self) -> String {
+        match &self.registry_proxy {
+            Some(p) => format!("{}://{}", self.scheme, p.addr()),
+            None => self.registry_url(),
+        }
+    }
+
+    /// The proxy in front of the registry (`SandboxBuilder::proxied`).
+    pub fn registry_proxy(&self) -> &Proxy {
+        self.registry_proxy
+            .as_ref()
+            .expect("sandbox started with .proxied()")
+    }
+
+    /// The proxy in front of the monitor (`SandboxBuilder::proxied` with
+    /// `.monitor()`).
+    pub fn monitor_proxy(&self) -> &Proxy {
+        self.monitor_proxy
+            .as_ref()
+            .expect("sandbox started with .proxied() and .monitor()")
     }
 
     /// A channel to `url` with the sandbox's client (TLS and the admin
