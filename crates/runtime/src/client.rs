@@ -20,6 +20,11 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use crate::shell::ClientConfig;
 use crate::tls::{error_chain, read_certs, read_key};
 
+/// How often an HTTP/2 connection is pinged, and how long an answer may
+/// take before the connection is dropped (its calls fail UNAVAILABLE and
+/// the next call reconnects): a silent peer is found within 10 s.
+pub const KEEPALIVE: Duration = Duration::from_secs(5);
+
 /// A channel to a daemon that adds this client's bearer token to every call.
 pub type Channel = InterceptedService<tonic::transport::Channel, Bearer>;
 
@@ -165,7 +170,10 @@ impl Client {
 
     /// An endpoint for `url` (the value of config key or flag `key`):
     /// TLS for `https://`, plaintext for `http://`. Connect timeout 5 s;
-    /// callers may adjust it.
+    /// callers may adjust it. HTTP/2 keep-alive pings ([`KEEPALIVE`]) find a
+    /// connection that went silent (a peer host gone without a FIN, a
+    /// dropped flow): without them a Watch or a log stream on it would wait
+    /// forever and the channel would never reconnect.
     pub fn endpoint(&self, key: &str, url: &str) -> anyhow::Result<Endpoint> {
         let https = url.starts_with("https://");
         if !(https || url.starts_with("http://")) {
@@ -174,6 +182,9 @@ impl Client {
         let endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| anyhow!("invalid {key} {url:?}: {e}"))?
             .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         if !https {
             return Ok(endpoint);
