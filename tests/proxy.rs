@@ -218,9 +218,8 @@ async fn connection(
     let (mut ur, mut uw) = upstream.into_split();
     let action = {
         let (up, down) = (control.clone(), control.clone());
-        let forward = async {
-            tokio::join!(pump(&mut cr, &mut uw, up), pump(&mut ur, &mut cw, down))
-        };
+        let forward =
+            async { tokio::join!(pump(&mut cr, &mut uw, up), pump(&mut ur, &mut cw, down)) };
         let event = async {
             loop {
                 if control.changed().await.is_err() {
@@ -396,11 +395,19 @@ mod tests {
         let t = Instant::now();
         assert_eq!(round_trip(&mut s, b"slow").await.unwrap(), b"slow");
         // Held once each way.
-        assert!(t.elapsed() >= Duration::from_millis(300), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
         p.pass();
         let t = Instant::now();
         assert_eq!(round_trip(&mut s, b"fast").await.unwrap(), b"fast");
-        assert!(t.elapsed() < Duration::from_millis(150), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(150),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[tokio::test]

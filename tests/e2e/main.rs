@@ -5,6 +5,7 @@ mod bad_input;
 mod closed_loop;
 mod config_reference;
 mod demo;
+mod faults;
 mod hostile;
 mod lifecycle;
 mod monitor;

@@ -40,7 +40,7 @@ fn row(values: &[f64]) -> Row {
     }
 }
 
-fn predict_req(model: &str, id: &str) -> PredictRequest {
+pub(crate) fn predict_req(model: &str, id: &str) -> PredictRequest {
     PredictRequest {
         model: model.into(),
         rows: vec![row(&WINE_ROW)],
@@ -49,7 +49,13 @@ fn predict_req(model: &str, id: &str) -> PredictRequest {
 }
 
 /// Trains a wine model through the trainer; returns its version.
-async fn train(sb: &Sandbox, model: &str, algorithm: &str, seed: u64, promote: bool) -> u64 {
+pub(crate) async fn train(
+    sb: &Sandbox,
+    model: &str,
+    algorithm: &str,
+    seed: u64,
+    promote: bool,
+) -> u64 {
     let mut t = sb.trainer().await;
     let r = TrainRequest {
         model: model.into(),
@@ -78,7 +84,7 @@ async fn train(sb: &Sandbox, model: &str, algorithm: &str, seed: u64, promote: b
     version
 }
 
-async fn set_alias(sb: &Sandbox, model: &str, version: u64) {
+pub(crate) async fn set_alias(sb: &Sandbox, model: &str, version: u64) {
     sb.registry()
         .await
         .set_alias(SetAliasRequest {
@@ -92,7 +98,7 @@ async fn set_alias(sb: &Sandbox, model: &str, version: u64) {
 }
 
 /// Polls ListServed until `f` holds (10 s at most).
-async fn wait_served(
+pub(crate) async fn wait_served(
     p: &mut PredictorClient<Channel>,
     what: &str,
     f: impl Fn(&ListServedResponse) -> bool,
@@ -110,7 +116,7 @@ async fn wait_served(
     }
 }
 
-fn serves(r: &ListServedResponse, model: &str, version: u64) -> bool {
+pub(crate) fn serves(r: &ListServedResponse, model: &str, version: u64) -> bool {
     r.ready
         && r.models.iter().any(|m| {
             m.model == model

@@ -1,0 +1,333 @@
+//! Network faults between the daemons (issue #9): the daemons reach each
+//! other through `evergreen_e2e::proxy::Proxy` (`SandboxBuilder::proxied`),
+//! which delays, cuts, resets or black-holes their connections while
+//! traffic runs. What must hold: no failed prediction, nothing lost
+//! uncounted, no event missed or applied twice.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use evergreen_e2e::{metric, Sandbox};
+use evergreen_proto::v1::{GetReportRequest, WindowKind};
+use tonic::Status;
+
+use crate::server::{predict_req, serves, set_alias, train, wait_served};
+
+/// One answered Predict.
+#[derive(Clone, Copy, Debug)]
+struct Answer {
+    at: Instant,
+    version: u64,
+    took: Duration,
+}
+
+/// Steady single-row Predict callers (each pausing 2 ms between calls, so
+/// a 2-core machine keeps room for the daemons' own work).
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    answers: Arc<Mutex<Vec<Answer>>>,
+    failures: Arc<Mutex<Vec<Status>>>,
+}
+
+impl Traffic {
+    async fn start(sb: &Sandbox, model: &str, workers: usize) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for w in 0..workers {
+            let mut p = sb.predictor().await;
+            let (stop, answers, failures, model) = (
+                stop.clone(),
+                answers.clone(),
+                failures.clone(),
+                model.to_string(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let t = Instant::now();
+                    match p.predict(predict_req(&model, &format!("w{w}-{i}"))).await {
+                        Ok(r) => answers.lock().unwrap().push(Answer {
+                            at: Instant::now(),
+                            version: r.into_inner().version,
+                            took: t.elapsed(),
+                        }),
+                        Err(s) => failures.lock().unwrap().push(s),
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }));
+        }
+        Traffic {
+            stop,
+            tasks,
+            answers,
+            failures,
+        }
+    }
+
+    /// Waits (at most `within`) for an answer from `version` made after
+    /// `since`; returns when it came.
+    async fn wait_version(&self, version: u64, since: Instant, within: Duration) -> Instant {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(a) = self
+                .answers
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|a| a.version == version && a.at >= since)
+            {
+                return a.at;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "version {version} did not answer within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(self) -> (Vec<Answer>, Vec<Status>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let a = self.answers.lock().unwrap().clone();
+        let f = self.failures.lock().unwrap().clone();
+        (a, f)
+    }
+}
+
+/// The `q` quantile of what the answers took.
+fn quantile(answers: &[Answer], q: f64) -> Duration {
+    let mut t: Vec<Duration> = answers.iter().map(|a| a.took).collect();
+    t.sort();
+    t[((t.len() - 1) as f64 * q) as usize]
+}
+
+/// Polls `f` until it holds, `within` at most.
+async fn until<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    within: Duration,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(t) = f().await {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const SWAPS: &str = r#"evergreen_server_swaps_total{model="wine",alias="production"}"#;
+
+/// The registry goes silent for 30 s (a black hole: the server's open
+/// connection, its Watch included, never carries another byte, and new
+/// connections hang) while steady traffic runs and a promotion is made
+/// behind the server's back. No prediction fails; once the registry is
+/// reachable again the server catches up with that promotion and the next
+/// one, each applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_registry_black_holed_for_30_s_fails_no_prediction_and_the_watch_resumes() {
+    let sb = Sandbox::builder()
+        .proxied()
+        .trainer()
+        .server(|_| {})
+        .start()
+        .await;
+    let v1 = train(&sb, "wine", "random_forest", 1, true).await;
+    let v2 = train(&sb, "wine", "decision_tree", 2, false).await;
+    let v3 = train(&sb, "wine", "logistic_regression", 3, false).await;
+    let mut p = sb.predictor().await;
+    wait_served(&mut p, "v1 serves", |r| serves(r, "wine", v1)).await;
+    let server = sb.server_addr.unwrap();
+    let swaps_before = metric(&sb.scrape(server).await, SWAPS).unwrap_or(0.0);
+
+    let traffic = Traffic::start(&sb, "wine", 4).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let outage = Instant::now();
+    sb.registry_proxy().black_hole();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The sandbox's own client reaches the registry directly: this
+    // promotion happens, the server just cannot hear of it.
+    set_alias(&sb, "wine", v2).await;
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    let healed = Instant::now();
+    sb.registry_proxy().pass();
+    let caught_up = traffic
+        .wait_version(v2, healed, Duration::from_secs(45))
+        .await;
+    let promoted = Instant::now();
+    set_alias(&sb, "wine", v3).await;
+    let followed = traffic
+        .wait_version(v3, promoted, Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (answers, failures) = traffic.stop().await;
+
+    assert!(failures.is_empty(), "failed predictions: {failures:?}");
+    let during: Vec<Answer> = answers
+        .iter()
+        .filter(|a| a.at > outage && a.at < healed)
+        .copied()
+        .collect();
+    assert!(
+        during.len() > 1000,
+        "traffic ran through the outage: {} answers",
+        during.len()
+    );
+    assert!(
+        during.iter().all(|a| a.version == v1),
+        "the server cannot have seen v2 through a black hole"
+    );
+    // Versions only move forward: once one answered, its predecessor
+    // never comes back (a replayed event would bring it back).
+    let settle = Duration::from_millis(100);
+    let back = |after: Instant, old: u64| {
+        answers
+            .iter()
+            .filter(|a| a.at > after + settle && a.version == old)
+            .count()
+    };
+    assert_eq!(back(caught_up, v1), 0, "v1 answered after v2 took over");
+    assert_eq!(back(followed, v2), 0, "v2 answered after v3 took over");
+    let swaps = metric(&sb.scrape(server).await, SWAPS).unwrap_or(0.0) - swaps_before;
+    assert_eq!(swaps, 2.0, "v1→v2 and v2→v3, each applied once");
+    eprintln!(
+        "registry black-holed 30 s: {} answers during it, p99 {:?}; back → v2 (promoted during the outage) served after {:?}; v3 promoted after → served in {:?}",
+        during.len(),
+        quantile(&during, 0.99),
+        caught_up - healed,
+        followed - promoted
+    );
+}
+
+/// (records the monitor accepted, drops it was told of).
+async fn monitor_counts(sb: &Sandbox, version: u64) -> (u64, u64) {
+    let page = sb.scrape(sb.monitor_addr.unwrap()).await;
+    let accepted = metric(
+        &page,
+        r#"evergreen_monitor_records_total{outcome="accepted"}"#,
+    );
+    let told = sb
+        .monitor()
+        .await
+        .get_report(GetReportRequest {
+            model: "wine".into(),
+            version,
+            window: WindowKind::Current as i32,
+        })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().health)
+        .map_or(0, |h| h.dropped);
+    (accepted.unwrap_or(0.0) as u64, told)
+}
+
+const DROPPED: &str = "evergreen_server_prediction_log_dropped_total";
+
+/// The monitor becomes unreachable twice under steady traffic — black-holed
+/// for 8 s, then its port closed for 5 s. Predictions neither fail nor
+/// slow down; the server counts what it could not ship; once the monitor
+/// is back, records reach it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_monitor_outage_costs_no_prediction_and_every_record_arrives_or_is_counted() {
+    let sb = Sandbox::builder()
+        .proxied()
+        .trainer()
+        .monitor()
+        // A small queue, so the outage overflows it.
+        .server(|c| c.log.queue = 200)
+        .start()
+        .await;
+    let v1 = train(&sb, "wine", "random_forest", 1, true).await;
+    let mut p = sb.predictor().await;
+    wait_served(&mut p, "v1 serves", |r| serves(r, "wine", v1)).await;
+    let server = sb.server_addr.unwrap();
+
+    let traffic = Traffic::start(&sb, "wine", 4).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let healthy_until = Instant::now();
+    until(
+        "the monitor counts what is served",
+        Duration::from_secs(15),
+        || async { (monitor_counts(&sb, v1).await.0 > 100).then_some(()) },
+    )
+    .await;
+
+    let mut outages = Vec::new();
+    for (what, fault, secs) in [("black hole", 0, 8), ("port closed", 1, 5)] {
+        let start = Instant::now();
+        match fault {
+            0 => sb.monitor_proxy().black_hole(),
+            _ => sb.monitor_proxy().cut(),
+        }
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let end = Instant::now();
+        sb.monitor_proxy().pass();
+        let dropped = metric(&sb.scrape(server).await, DROPPED).unwrap_or(0.0);
+        assert!(dropped > 0.0, "{what}: the overflow is counted as dropped");
+        // Records made after the monitor came back reach it (more than the
+        // queue and a stream's batches could have held back).
+        let back = monitor_counts(&sb, v1).await.0;
+        until(
+            &format!("{what}: records reach the monitor again"),
+            Duration::from_secs(45),
+            || async { (monitor_counts(&sb, v1).await.0 > back + 3000).then_some(()) },
+        )
+        .await;
+        outages.push((what, start, end));
+    }
+    let (answers, failures) = traffic.stop().await;
+    assert!(failures.is_empty(), "failed predictions: {failures:?}");
+
+    // Latency: nothing on the prediction path waits for the monitor.
+    let healthy: Vec<Answer> = answers
+        .iter()
+        .filter(|a| a.at < healthy_until)
+        .copied()
+        .collect();
+    let p50 = quantile(&healthy, 0.5);
+    for (what, start, end) in &outages {
+        let during: Vec<Answer> = answers
+            .iter()
+            .filter(|a| a.at > *start && a.at < *end)
+            .copied()
+            .collect();
+        assert!(during.len() > 200, "{what}: traffic ran: {}", during.len());
+        let (d50, dmax) = (quantile(&during, 0.5), quantile(&during, 1.0));
+        eprintln!(
+            "monitor {what}: {} answers, p50 {d50:?} (healthy {p50:?}), p99 {:?}, max {dmax:?}",
+            during.len(),
+            quantile(&during, 0.99)
+        );
+        assert!(
+            d50 <= p50 * 3 + Duration::from_millis(5),
+            "{what}: predictions slowed down: p50 {d50:?} vs {p50:?} healthy"
+        );
+        assert!(
+            dmax < Duration::from_secs(1),
+            "{what}: a prediction waited {dmax:?}"
+        );
+    }
+
+    // The accounting: what the monitor took plus what the server counted
+    // as dropped never exceeds what was served (nothing counted twice).
+    // Records already handed to a stream when it went silent are neither:
+    // a client stream has no per-batch acknowledgement (see the report).
+    let total = answers.len() as u64;
+    let dropped = metric(&sb.scrape(server).await, DROPPED).unwrap_or(0.0) as u64;
+    let (rows, told) = monitor_counts(&sb, v1).await;
+    eprintln!(
+        "{total} predictions: {rows} taken by the monitor, {dropped} counted dropped, {} neither; the monitor was told {told} drops",
+        total.saturating_sub(rows + dropped)
+    );
+    assert!(rows + dropped <= total, "{rows} + {dropped} > {total}");
+}
