@@ -177,3 +177,110 @@ proptest! {
         }
     }
 }
+
+// --- Fuzzing (issue #9) ---------------------------------------------------
+//
+// proptest-driven fuzz targets on the stable toolchain: whatever the bytes,
+// `Model::from_bytes` returns a model or an `ArtifactError` — never a panic,
+// a hang or an abort — and a model it accepts predicts any row without
+// panicking. `cargo test` runs a bounded number of cases (seconds); a long
+// run raises it:
+//
+//     EVERGREEN_FUZZ_CASES=1000000 cargo test --release -p evergreen-model fuzz_
+//
+// (`just fuzz` runs every target so.)
+
+/// The case count of a fuzz target: `default`, or `EVERGREEN_FUZZ_CASES`.
+fn fuzz_config(default: u32) -> ProptestConfig {
+    let cases = std::env::var("EVERGREEN_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// A raw value as a request could carry it: any number (NaN, ±inf
+/// included), text, or missing.
+fn arb_value() -> impl Strategy<Value = (u8, f64, String)> {
+    (0u8..3, any::<f64>(), "[a-z]{0,6}")
+}
+
+fn as_value((kind, x, s): &(u8, f64, String)) -> Value<'_> {
+    match kind {
+        0 => Value::Number(*x),
+        1 => Value::Text(s),
+        _ => Value::Missing,
+    }
+}
+
+/// Predicts `rows` with `m`; every outcome but a panic is fine.
+fn predict_all(m: &Model, rows: &[Vec<(u8, f64, String)>]) {
+    let mut s = Scratch::default();
+    for r in rows {
+        let row: Vec<Value> = r.iter().map(as_value).collect();
+        let _ = m.predict(&row, &mut s);
+    }
+}
+
+/// A header for `body`: magic, format version 1, length and sha256 right.
+fn signed(body: &[u8]) -> Vec<u8> {
+    let mut bytes = small_model().to_bytes()[..52].to_vec();
+    bytes.extend_from_slice(body);
+    resign(bytes)
+}
+
+proptest! {
+    #![proptest_config(fuzz_config(3000))]
+
+    /// Any bytes at all, bare or behind the magic and a format version.
+    #[test]
+    fn fuzz_artifact_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..600),
+                                     version in any::<u16>(), prefixed in any::<bool>()) {
+        let input = if prefixed {
+            let mut b = b"EVGMODEL".to_vec();
+            b.extend_from_slice(&version.to_le_bytes());
+            b.extend_from_slice(&bytes);
+            b
+        } else {
+            bytes
+        };
+        let _ = Model::from_bytes(&input);
+    }
+
+    /// A well-signed header over an arbitrary body: reaches the body decoder
+    /// and the consistency checks behind the checksum.
+    #[test]
+    fn fuzz_artifact_signed_arbitrary_body(body in proptest::collection::vec(any::<u8>(), 0..2000),
+                                           rows in proptest::collection::vec(
+                                               proptest::collection::vec(arb_value(), 0..4), 0..3)) {
+        if let Ok(m) = Model::from_bytes(&signed(&body)) {
+            predict_all(&m, &rows);
+        }
+    }
+
+    /// A real model's body with bytes overwritten, inserted or cut, re-signed;
+    /// whatever decodes predicts arbitrary rows (any width, NaN, text).
+    #[test]
+    fn fuzz_artifact_mutated_model(edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 1..12),
+                                   rows in proptest::collection::vec(
+                                       proptest::collection::vec(arb_value(), 0..4), 1..4)) {
+        let mut bytes = small_model().to_bytes();
+        for (at, v, op) in edits {
+            let i = 52 + at % (bytes.len() - 52);
+            match op {
+                0 => bytes[i] = v,
+                1 => bytes.insert(i, v),
+                _ if bytes.len() > 53 => { bytes.remove(i); }
+                _ => {}
+            }
+        }
+        match Model::from_bytes(&resign(bytes)) {
+            Ok(m) => predict_all(&m, &rows),
+            Err(e) => prop_assert!(!e.to_string().is_empty()),
+        }
+    }
+}
