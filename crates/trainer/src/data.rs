@@ -140,7 +140,7 @@ fn header_names(path: &Path, rec: &csv::ByteRecord) -> Result<Vec<String>, Train
         if !seen.insert(name.clone()) {
             return Err(TrainError::data(
                 path,
-                format!("line 1: column name {name:?} appears twice"),
+                format!("line 1: column name {} appears twice", quoted(&name)),
             ));
         }
         names.push(name);
@@ -158,7 +158,8 @@ pub fn resolve(
     let find = |what: &str, name: &str| {
         header.iter().position(|h| h == name).ok_or_else(|| {
             TrainError::InvalidArgument(format!(
-                "{what} column {name:?} is not in {} (columns: {})",
+                "{what} column {} is not in {} (columns: {})",
+                quoted(name),
                 path.display(),
                 column_list(header)
             ))
@@ -178,7 +179,8 @@ pub fn resolve(
             let i = find("feature", f)?;
             if i == target {
                 return Err(TrainError::InvalidArgument(format!(
-                    "column {f:?} is the target; it cannot also be a feature"
+                    "column {} is the target; it cannot also be a feature",
+                    quoted(f)
                 )));
             }
             if !sel.exclude.contains(f) && !v.contains(&i) {
@@ -191,7 +193,8 @@ pub fn resolve(
         let i = find("categorical", c)?;
         if !features.contains(&i) {
             return Err(TrainError::InvalidArgument(format!(
-                "categorical column {c:?} is not one of the features"
+                "categorical column {} is not one of the features",
+                quoted(c)
             )));
         }
     }
@@ -201,6 +204,24 @@ pub fn resolve(
         ));
     }
     Ok((features, target))
+}
+
+/// A value from the file or the request, quoted for a message: its first
+/// 60 characters at most (a cell or a name can be megabytes long, and a
+/// message must fit in a gRPC status).
+fn quoted(s: &str) -> String {
+    match s.char_indices().nth(60) {
+        None => format!("{s:?}"),
+        Some((at, _)) => format!("{:?}... ({} bytes)", &s[..at], s.len()),
+    }
+}
+
+/// A column name for a message, unquoted, clipped like [`quoted`].
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(60) {
+        None => s.to_string(),
+        Some((at, _)) => format!("{}... ({} bytes)", &s[..at], s.len()),
+    }
 }
 
 /// The header's names for an error message: all of them when they are
@@ -276,8 +297,8 @@ impl Builder {
             Builder::Numeric(v) if missing => v.push(f64::NAN),
             Builder::Numeric(v) => match s.parse::<f64>() {
                 Ok(x) if x.is_finite() => v.push(x),
-                Ok(_) => return Err(format!("{s:?} is not a finite number")),
-                Err(_) => return Err(format!("cannot parse {s:?} as a number")),
+                Ok(_) => return Err(format!("{} is not a finite number", quoted(s))),
+                Err(_) => return Err(format!("cannot parse {} as a number", quoted(s))),
             },
             Builder::Categorical { codes, .. } if missing => codes.push(MISSING_CODE),
             Builder::Categorical {
@@ -353,14 +374,17 @@ pub fn parse(path: &Path, bytes: &[u8], sel: &Selection) -> Result<Dataset, Trai
                     path,
                     format!(
                         "line {line}: column {}: value is not valid UTF-8",
-                        header[i]
+                        clip(&header[i])
                     ),
                 )
             })
         };
         for (b, &i) in builders.iter_mut().zip(&features) {
             b.push(field(i)?).map_err(|m| {
-                TrainError::data(path, format!("line {line}: column {}: {m}", header[i]))
+                TrainError::data(
+                    path,
+                    format!("line {line}: column {}: {m}", clip(&header[i])),
+                )
             })?;
         }
         let t = field(target_at)?;
@@ -369,7 +393,7 @@ pub fn parse(path: &Path, bytes: &[u8], sel: &Selection) -> Result<Dataset, Trai
                 path,
                 format!(
                     "line {line}: column {}: the target is missing (every row needs one)",
-                    header[target_at]
+                    clip(&header[target_at])
                 ),
             ));
         }
@@ -382,8 +406,9 @@ pub fn parse(path: &Path, bytes: &[u8], sel: &Selection) -> Result<Dataset, Trai
                     return Err(TrainError::data(
                         path,
                         format!(
-                            "line {line}: column {}: cannot parse {t:?} as a number (regression needs a numeric target)",
-                            header[target_at]
+                            "line {line}: column {}: cannot parse {} as a number (regression needs a numeric target)",
+                            clip(&header[target_at]),
+                            quoted(t)
                         ),
                     ))
                 }
@@ -396,8 +421,9 @@ pub fn parse(path: &Path, bytes: &[u8], sel: &Selection) -> Result<Dataset, Trai
             return Err(TrainError::data(
                 path,
                 format!(
-                    "column {}: the target has a single class ({:?}); classification needs at least two",
-                    header[target_at], labels[0]
+                    "column {}: the target has a single class ({}); classification needs at least two",
+                    clip(&header[target_at]),
+                    quoted(&labels[0])
                 ),
             ));
         }
