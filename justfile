@@ -30,6 +30,13 @@ demo-check:
 test:
     cargo test --workspace
 
+# The fuzz targets (artifact decoding, CSV ingest, V2 tensors) for CASES
+# cases each instead of cargo test's few thousand.
+fuzz CASES="1000000":
+    EVERGREEN_FUZZ_CASES={{CASES}} cargo test --release -p evergreen-model --test artifact fuzz_
+    EVERGREEN_FUZZ_CASES={{CASES}} cargo test --release -p evergreen-trainer --test fuzz_csv fuzz_
+    EVERGREEN_FUZZ_CASES={{CASES}} cargo test --release -p evergreen-server --lib fuzz_
+
 # Evergreen side by side with scikit-learn, Flask+gunicorn, MLflow, a
 # Triton-style poller and Evidently, in one run: writes BENCHMARKS.md and
 # bench/results.json (creates its own Python env from bench/python).

@@ -331,7 +331,7 @@ fn record(
     }
 }
 
-fn score_with(
+pub(crate) fn score_with(
     loaded: &crate::catalog::Loaded,
     rows: &[Vec<Value>],
 ) -> Result<Vec<Output>, ServeError> {

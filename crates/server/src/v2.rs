@@ -597,3 +597,358 @@ impl GrpcInferenceService for V2Grpc {
         Ok(resp)
     }
 }
+
+/// Fuzzing V2 tensor decoding (issue #9): whatever the inputs, shapes,
+/// datatypes, typed and raw contents, `decode_inputs` → `rows` → scoring
+/// returns rows and predictions or an INVALID_ARGUMENT — never a panic, an
+/// overflow or an allocation sized by a shape. `cargo test` runs a bounded
+/// number of cases (seconds); a long run raises it:
+///
+///     EVERGREEN_FUZZ_CASES=1000000 cargo test --release -p evergreen-server fuzz_
+///
+/// (`just fuzz` runs every fuzz target so.)
+#[cfg(test)]
+mod fuzz {
+    use std::sync::atomic::AtomicU64;
+
+    use evergreen_model::artifact::{Estimator, Model, TrainingInfo};
+    use evergreen_model::pipeline::{Column, Impute, Pipeline};
+    use evergreen_model::profile::{FeatureProfile, PredictionProfile, Profile};
+    use evergreen_model::schema::{Schema, Target, Task};
+    use evergreen_model::tree::{fit_forest, Control, ForestParams};
+    use evergreen_proto::inference::InferTensorContents;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::catalog::Loaded;
+
+    fn fuzz_config(default: u32) -> ProptestConfig {
+        let cases = std::env::var("EVERGREEN_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default);
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// A two-feature classifier: numeric "x", categorical "colour".
+    fn route() -> Route {
+        let names = vec!["x".to_string(), "colour".to_string()];
+        let n = 40;
+        let cols = vec![
+            Column::Numeric((0..n).map(|i| i as f64).collect()),
+            Column::Categorical {
+                codes: (0..n).map(|i| (i % 3) as u32).collect(),
+                vocab: vec!["red".into(), "green".into(), "blue".into()],
+            },
+        ];
+        let y: Vec<usize> = (0..n).map(|i| usize::from(i >= 20)).collect();
+        let rows: Vec<usize> = (0..n).collect();
+        let (pipeline, features) = Pipeline::fit(&names, &cols, &rows, Impute::Mean, false);
+        let mut x = ndarray::Array2::zeros((n, pipeline.width));
+        for i in 0..n {
+            let row = [cols[0].value(i), cols[1].value(i)];
+            pipeline
+                .transform_row(&features, &row, x.row_mut(i).into_slice().unwrap())
+                .unwrap();
+        }
+        let params = ForestParams {
+            n_trees: 2,
+            ..ForestParams::default()
+        };
+        let forest = fit_forest(x.view(), &y, 2, &params, Control::default()).unwrap();
+        let artifact = Model {
+            schema: Schema {
+                features,
+                target: Target {
+                    name: "y".into(),
+                    task: Task::Classification {
+                        labels: vec!["no".into(), "yes".into()],
+                    },
+                },
+            },
+            pipeline,
+            estimator: Estimator::Forest(forest),
+            profile: Profile {
+                rows: n as u64,
+                features: cols
+                    .iter()
+                    .map(|c| FeatureProfile::of_column(c, &rows, 10))
+                    .collect(),
+                predictions: PredictionProfile::classification(&[0.2, 0.8], 2),
+            },
+            training: TrainingInfo::default(),
+        };
+        Route {
+            primary: Arc::new(Loaded {
+                model: "m".into(),
+                version: 1,
+                artifact,
+                sha256: String::new(),
+                loaded_at: std::time::SystemTime::now(),
+                predictions: AtomicU64::new(0),
+            }),
+            shadow: None,
+            deprecation: None,
+        }
+    }
+
+    fn dims() -> impl Strategy<Value = Vec<i64>> {
+        proptest::collection::vec(
+            prop_oneof![
+                6 => 0i64..4,
+                1 => -3i64..0,
+                1 => Just(i64::MAX),
+                1 => Just(1i64 << 62),
+                1 => Just(1i64 << 40),
+                1 => any::<i64>(),
+            ],
+            0..4,
+        )
+    }
+
+    fn contents() -> impl Strategy<Value = Option<InferTensorContents>> {
+        proptest::option::of(
+            (
+                proptest::collection::vec(any::<f64>(), 0..8),
+                proptest::collection::vec(any::<f32>(), 0..8),
+                proptest::collection::vec(any::<i64>(), 0..8),
+                proptest::collection::vec(any::<i32>(), 0..8),
+                proptest::collection::vec(
+                    prop_oneof![
+                        Just(b"red".to_vec()),
+                        Just(b"1.5".to_vec()),
+                        Just(b"\xff".to_vec()),
+                        proptest::collection::vec(any::<u8>(), 0..4),
+                    ],
+                    0..8,
+                ),
+            )
+                .prop_map(|(fp64, fp32, int64, int32, bytes)| InferTensorContents {
+                    fp64_contents: fp64,
+                    fp32_contents: fp32,
+                    int64_contents: int64,
+                    int_contents: int32,
+                    bytes_contents: bytes,
+                    ..Default::default()
+                }),
+        )
+    }
+
+    /// Raw contents: arbitrary bytes, or BYTES elements (length-prefixed,
+    /// some lengths lying).
+    fn raw() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..40),
+            proptest::collection::vec(
+                (
+                    prop_oneof![Just(b"red".to_vec()), Just(b"2".to_vec()), Just(vec![0xC3])],
+                    prop_oneof![4 => Just(None), 1 => any::<u32>().prop_map(Some)]
+                ),
+                0..6
+            )
+            .prop_map(|els| {
+                let mut out = Vec::new();
+                for (e, lie) in els {
+                    out.extend_from_slice(&lie.unwrap_or(e.len() as u32).to_le_bytes());
+                    out.extend_from_slice(&e);
+                }
+                out
+            }),
+        ]
+    }
+
+    fn input() -> impl Strategy<Value = InferInputTensor> {
+        (
+            prop::sample::select(vec!["input-0", "x", "colour", "nope"]),
+            prop::sample::select(vec!["FP64", "FP32", "INT64", "INT32", "BYTES", "FP16", ""]),
+            dims(),
+            contents(),
+        )
+            .prop_map(|(name, datatype, shape, contents)| InferInputTensor {
+                name: name.into(),
+                datatype: datatype.into(),
+                shape,
+                contents,
+                ..Default::default()
+            })
+    }
+
+    fn arbitrary_request() -> impl Strategy<Value = ModelInferRequest> {
+        (
+            proptest::collection::vec(input(), 0..4),
+            prop_oneof![
+                2 => Just(vec![]),
+                1 => proptest::collection::vec(raw(), 0..4),
+            ],
+        )
+            .prop_map(|(inputs, raw_input_contents)| ModelInferRequest {
+                model_name: "m".into(),
+                inputs,
+                raw_input_contents,
+                ..Default::default()
+            })
+    }
+
+    /// A request whose contents fit its shape (so decoding gets through to
+    /// rows and scoring): one [batch, 2] tensor or one tensor per feature,
+    /// typed or raw, with any values (NaN, text for numbers, unseen
+    /// categories).
+    fn coherent_request() -> impl Strategy<Value = ModelInferRequest> {
+        (
+            0i64..60,
+            any::<bool>(),
+            any::<bool>(),
+            prop::sample::select(vec!["FP64", "FP32", "INT64", "INT32", "BYTES"]),
+            proptest::collection::vec(
+                prop_oneof![
+                    any::<f64>(),
+                    Just(f64::NAN),
+                    Just(f64::INFINITY),
+                    -3.0f64..3.0
+                ],
+                240,
+            ),
+            proptest::collection::vec(
+                prop::sample::select(vec!["red", "blue", "purple", "2.5", ""]),
+                240,
+            ),
+        )
+            .prop_map(|(b, per_feature, as_raw, datatype, nums, texts)| {
+                let tensors: Vec<(&str, Vec<i64>, usize)> = if per_feature {
+                    vec![("x", vec![b], b as usize), ("colour", vec![b, 1], b as usize)]
+                } else {
+                    vec![("input-0", vec![b, 2], 2 * b as usize)]
+                };
+                let mut inputs = Vec::new();
+                let mut raws = Vec::new();
+                for (name, shape, n) in tensors {
+                    let mut c = InferTensorContents::default();
+                    let mut raw = Vec::new();
+                    for i in 0..n {
+                        let x = nums[i];
+                        match datatype {
+                            "FP64" => {
+                                c.fp64_contents.push(x);
+                                raw.extend_from_slice(&x.to_le_bytes());
+                            }
+                            "FP32" => {
+                                c.fp32_contents.push(x as f32);
+                                raw.extend_from_slice(&(x as f32).to_le_bytes());
+                            }
+                            "INT64" => {
+                                c.int64_contents.push(x as i64);
+                                raw.extend_from_slice(&(x as i64).to_le_bytes());
+                            }
+                            "INT32" => {
+                                c.int_contents.push(x as i32);
+                                raw.extend_from_slice(&(x as i32).to_le_bytes());
+                            }
+                            _ => {
+                                c.bytes_contents.push(texts[i].as_bytes().to_vec());
+                                raw.extend_from_slice(&(texts[i].len() as u32).to_le_bytes());
+                                raw.extend_from_slice(texts[i].as_bytes());
+                            }
+                        }
+                    }
+                    inputs.push(InferInputTensor {
+                        name: name.into(),
+                        datatype: datatype.into(),
+                        shape,
+                        contents: (!as_raw).then_some(c),
+                        ..Default::default()
+                    });
+                    raws.push(raw);
+                }
+                ModelInferRequest {
+                    model_name: "m".into(),
+                    inputs,
+                    raw_input_contents: if as_raw { raws } else { vec![] },
+                    ..Default::default()
+                }
+            })
+    }
+
+    fn request() -> impl Strategy<Value = ModelInferRequest> {
+        prop_oneof![arbitrary_request(), coherent_request()]
+    }
+
+    /// Decoding, rows and scoring; every refusal is INVALID_ARGUMENT.
+    fn check(route: &Route, r: &ModelInferRequest) -> Result<(), TestCaseError> {
+        let outcome = decode_inputs(r).and_then(|tensors| {
+            let rows = rows(route, r, &tensors, 50)?;
+            prop_assert_or_err(!rows.is_empty() && rows.len() <= 50)?;
+            prop_assert_or_err(rows.iter().all(|row| row.len() == 2))?;
+            crate::serve::score_with(&route.primary, &rows).map(|_| ())
+        });
+        if outcome.is_ok() {
+            SCORED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Err(e) = outcome {
+            prop_assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e);
+            prop_assert!(!e.to_string().is_empty() && e.to_string().len() < 2000);
+        }
+        Ok(())
+    }
+
+    /// An invariant broken inside the pipeline, as an error that fails the
+    /// case (it is not INVALID_ARGUMENT's kind of message).
+    fn prop_assert_or_err(ok: bool) -> Result<(), ServeError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(ServeError::Internal("rows broke an invariant".into()))
+        }
+    }
+
+    /// Cases that were scored (not refused), so the target is known to
+    /// reach past decoding.
+    static SCORED: AtomicU64 = AtomicU64::new(0);
+
+    proptest! {
+        #![proptest_config(fuzz_config(3000))]
+
+        #[test]
+        fn fuzz_v2_tensor_decoding(r in request()) {
+            thread_local!(static ROUTE: Route = route());
+            ROUTE.with(|route| check(route, &r))?;
+        }
+    }
+
+    #[test]
+    fn fuzz_v2_reaches_scoring() {
+        let route = route();
+        let mut runner = proptest::test_runner::TestRunner::new(fuzz_config(300));
+        runner
+            .run(&coherent_request(), |r| check(&route, &r))
+            .unwrap();
+        assert!(SCORED.load(std::sync::atomic::Ordering::Relaxed) > 0, "no case was scored");
+    }
+
+    /// The shapes that overflowed or sized an allocation before the fix.
+    #[test]
+    fn fuzz_regression_huge_raw_shapes_are_invalid_argument() {
+        for (datatype, shape, raw) in [
+            ("FP64", vec![1i64 << 62], vec![0u8; 8]),
+            ("INT32", vec![1i64 << 62, 2], vec![0u8; 8]),
+            ("BYTES", vec![1i64 << 50], vec![1, 0, 0, 0, b'x']),
+        ] {
+            let r = ModelInferRequest {
+                model_name: "m".into(),
+                inputs: vec![InferInputTensor {
+                    name: "input-0".into(),
+                    datatype: datatype.into(),
+                    shape,
+                    ..Default::default()
+                }],
+                raw_input_contents: vec![raw],
+                ..Default::default()
+            };
+            let e = decode_inputs(&r).err().expect("refused");
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        }
+    }
+}
