@@ -819,7 +819,10 @@ mod fuzz {
         )
             .prop_map(|(b, per_feature, as_raw, datatype, nums, texts)| {
                 let tensors: Vec<(&str, Vec<i64>, usize)> = if per_feature {
-                    vec![("x", vec![b], b as usize), ("colour", vec![b, 1], b as usize)]
+                    vec![
+                        ("x", vec![b], b as usize),
+                        ("colour", vec![b, 1], b as usize),
+                    ]
                 } else {
                     vec![("input-0", vec![b, 2], 2 * b as usize)]
                 };
@@ -925,7 +928,10 @@ mod fuzz {
         runner
             .run(&coherent_request(), |r| check(&route, &r))
             .unwrap();
-        assert!(SCORED.load(std::sync::atomic::Ordering::Relaxed) > 0, "no case was scored");
+        assert!(
+            SCORED.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            "no case was scored"
+        );
     }
 
     /// The shapes that overflowed or sized an allocation before the fix.
