@@ -241,9 +241,7 @@ fn save(tx: &Tx<'_>, p: &Phaseout) -> TxResult<()> {
 fn find_version(tx: &Tx<'_>, model: &str, v: u64) -> TxResult<Option<ModelVersion>> {
     match tx.version(model, v) {
         Ok(v) => Ok(Some(v)),
-        Err(sled::transaction::ConflictableTransactionError::Abort(
-            RegistryError::VersionNotFound { .. },
-        )) => Ok(None),
+        Err(RegistryError::VersionNotFound { .. }) => Ok(None),
         Err(e) => Err(e),
     }
 }
