@@ -286,16 +286,17 @@ async fn check_registry(c: &mut RegistryClient<Channel>, acked: &Mutex<Acked>, r
             .filter(|e| e.kind == pb::EventKind::AliasSet as i32)
             .map(|e| (e.revision, e.version))
             .collect();
-        let g = acked.lock().unwrap();
-        for (rev, (_, v)) in g.aliases.iter().filter(|(_, (m, _))| m == model) {
-            assert_eq!(
-                alias_sets.get(rev),
-                Some(v),
-                "round {round}: acknowledged move of {model}@production to {v} (revision {rev}) not in the audit trail"
-            );
-        }
-        let (last_acked, in_flight) = g.production[model];
-        drop(g);
+        let (last_acked, in_flight) = {
+            let g = acked.lock().unwrap();
+            for (rev, (_, v)) in g.aliases.iter().filter(|(_, (m, _))| m == model) {
+                assert_eq!(
+                    alias_sets.get(rev),
+                    Some(v),
+                    "round {round}: acknowledged move of {model}@production to {v} (revision {rev}) not in the audit trail"
+                );
+            }
+            g.production[model]
+        };
         let now = c
             .get_model(pb::GetModelRequest { name: model.into() })
             .await
@@ -775,7 +776,7 @@ async fn a_server_killed_under_load_comes_back_with_its_models_and_the_promotion
         t.await.unwrap();
     }
 
-    let a = answers.lock().unwrap();
+    let a = std::mem::take(&mut *answers.lock().unwrap());
     let count = |p: u32, ok: bool| {
         a.iter()
             .filter(|(start, _, _, r)| *start == p && r.is_ok() == ok)
