@@ -58,6 +58,7 @@ pub struct Proxy {
 struct Stats {
     accepted: AtomicU64,
     open: AtomicU64,
+    forwarded: AtomicU64,
 }
 
 impl Proxy {
@@ -137,6 +138,11 @@ impl Proxy {
     pub fn open(&self) -> u64 {
         self.stats.open.load(Ordering::Relaxed)
     }
+
+    /// Bytes forwarded so far, both ways.
+    pub fn forwarded(&self) -> u64 {
+        self.stats.forwarded.load(Ordering::Relaxed)
+    }
 }
 
 async fn accept_loop(
@@ -202,7 +208,7 @@ async fn connection(
     stats: Arc<Stats>,
 ) {
     stats.open.fetch_add(1, Ordering::Relaxed);
-    let _open = OpenGuard(stats);
+    let _open = OpenGuard(stats.clone());
     let seen = *control.borrow_and_update();
     if seen.mode == Mode::BlackHole {
         return swallow(client, control).await;
@@ -218,8 +224,12 @@ async fn connection(
     let (mut ur, mut uw) = upstream.into_split();
     let action = {
         let (up, down) = (control.clone(), control.clone());
-        let forward =
-            async { tokio::join!(pump(&mut cr, &mut uw, up), pump(&mut ur, &mut cw, down)) };
+        let forward = async {
+            tokio::join!(
+                pump(&mut cr, &mut uw, up, &stats),
+                pump(&mut ur, &mut cw, down, &stats)
+            )
+        };
         let event = async {
             loop {
                 if control.changed().await.is_err() {
@@ -309,6 +319,7 @@ async fn pump(
     from: &mut (impl AsyncRead + Unpin),
     to: &mut (impl AsyncWrite + Unpin),
     control: watch::Receiver<Control>,
+    stats: &Stats,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -323,6 +334,7 @@ async fn pump(
         if to.write_all(&buf[..n]).await.is_err() {
             break;
         }
+        stats.forwarded.fetch_add(n as u64, Ordering::Relaxed);
     }
     let _ = to.shutdown().await;
 }
@@ -377,6 +389,7 @@ mod tests {
             assert_eq!(round_trip(&mut s, &msg).await.unwrap(), msg);
         }
         assert_eq!((p.accepted(), p.open()), (1, 1));
+        assert_eq!(p.forwarded(), 2 * (1..=10).sum::<u64>() * 1000);
         drop(s);
         tokio::time::timeout(Duration::from_secs(5), async {
             while p.open() != 0 {

@@ -8,8 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use evergreen_e2e::{metric, Sandbox};
-use evergreen_proto::v1::{GetReportRequest, WindowKind};
+use evergreen_e2e::proxy::Proxy;
+use evergreen_e2e::{metric, req, Channel, Sandbox};
+use evergreen_proto::v1::registry_client::RegistryClient;
+use evergreen_proto::v1::{
+    ArchiveRequest, DownloadArtifactRequest, EventKind, GetReportRequest, GetVersionRequest,
+    HistoryRequest, RestoreRequest, SetVersionStatusRequest, VersionStatus, WindowKind,
+};
+use evergreen_s3::testing::TestS3;
 use tonic::Status;
 
 use crate::server::{predict_req, serves, set_alias, train, wait_served};
@@ -330,4 +336,160 @@ async fn a_monitor_outage_costs_no_prediction_and_drops_are_counted() {
         total.saturating_sub(rows + dropped)
     );
     assert!(rows + dropped <= total, "{rows} + {dropped} > {total}");
+}
+
+/// The audit trail's events of `kind` for `model`/`version`.
+async fn audited(
+    c: &mut RegistryClient<Channel>,
+    model: &str,
+    version: u64,
+    kind: EventKind,
+) -> usize {
+    c.history(HistoryRequest {
+        model: model.into(),
+        limit: 0,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .entries
+    .iter()
+    .filter(|e| e.version == version && e.kind == kind as i32)
+    .count()
+}
+
+async fn status_of(c: &mut RegistryClient<Channel>, model: &str, v: u64) -> i32 {
+    c.get_version(GetVersionRequest {
+        r#ref: req::version(model, v),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+}
+
+async fn download(c: &mut RegistryClient<Channel>, model: &str, v: u64) -> Vec<u8> {
+    let mut s = c
+        .download_artifact(DownloadArtifactRequest {
+            r#ref: req::version(model, v),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = s.message().await.unwrap() {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    bytes
+}
+
+/// S3 fails in the middle of an archive: the connection is cut (and the
+/// endpoint refuses new ones), or reset while it still accepts. A failed
+/// archive leaves the version RETIRED with its artifact, nothing archived
+/// and no manifest; a retry once the endpoint is back archives it, and the
+/// restore gives back the same bytes. (A reset the S3 client's own retry
+/// absorbs may also succeed at once: then it is ARCHIVED, exactly once.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_cut_or_reset_mid_archive_leaves_the_version_retired_and_a_retry_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = TestS3::start(&dir.path().join("s3")).await;
+    s3.create_bucket("archive");
+    let proxy = Proxy::start(s3.addr).await;
+    let mut config = s3.config("archive");
+    config.endpoint = format!("http://{}", proxy.addr());
+    let sb = Sandbox::builder()
+        .registry(move |c| c.archive.s3 = config)
+        .start()
+        .await;
+    let mut c = sb.registry().await;
+    let _ = c.create_model(req::create("m")).await;
+    // 12 MiB: a multipart upload of three parts (5 + 5 + 2 MiB).
+    let bytes: Vec<u8> = (0..12u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    for fault in ["cut", "reset"] {
+        let v = c
+            .register_version(tokio_stream::iter(req::register(
+                req::header("m"),
+                &bytes,
+                64 * 1024,
+            )))
+            .await
+            .unwrap()
+            .into_inner()
+            .version;
+        c.set_version_status(SetVersionStatusRequest {
+            r#ref: req::version("m", v),
+            status: VersionStatus::Retired as i32,
+            reason: "superseded".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let archive = |mut c: RegistryClient<Channel>| async move {
+            c.archive(ArchiveRequest {
+                r#ref: req::version("m", v),
+                reason: "retention".into(),
+                include_data: false,
+            })
+            .await
+        };
+        // Slowed down (about 5 MiB/s), so the fault lands mid-upload.
+        proxy.delay(Duration::from_millis(3));
+        let before = proxy.forwarded();
+        let task = tokio::spawn(archive(c.clone()));
+        until("2 MiB went up", Duration::from_secs(60), || async {
+            (proxy.forwarded() - before > 2 << 20).then_some(())
+        })
+        .await;
+        assert!(!task.is_finished(), "{fault}: the archive is under way");
+        match fault {
+            "cut" => proxy.cut(),
+            _ => proxy.reset(),
+        }
+        let first = task.await.unwrap();
+        proxy.pass();
+        let manifest = s3.object_path("archive", &format!("m/{v}/manifest.json"));
+        match &first {
+            Err(e) => {
+                eprintln!("{fault} mid-archive: {:?} {}", e.code(), e.message());
+                if fault == "cut" {
+                    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+                }
+                assert!(
+                    e.message().contains("RETIRED"),
+                    "says the version is unchanged: {e:?}"
+                );
+                assert_eq!(
+                    status_of(&mut c, "m", v).await,
+                    VersionStatus::Retired as i32
+                );
+                assert!(download(&mut c, "m", v).await == bytes, "artifact intact");
+                assert_eq!(audited(&mut c, "m", v, EventKind::VersionArchived).await, 0);
+                assert!(!manifest.exists(), "no manifest for a failed archive");
+                // The endpoint is back: the retry archives it.
+                let done = archive(c.clone()).await.unwrap().into_inner();
+                assert_eq!(done.status, VersionStatus::Archived as i32);
+            }
+            Ok(done) => {
+                eprintln!("{fault} mid-archive: absorbed by the S3 client's retry");
+                assert_ne!(fault, "cut", "a refusing endpoint cannot take an archive");
+                assert_eq!(done.get_ref().status, VersionStatus::Archived as i32);
+            }
+        }
+        assert!(manifest.exists());
+        assert_eq!(audited(&mut c, "m", v, EventKind::VersionArchived).await, 1);
+        c.restore(RestoreRequest {
+            r#ref: req::version("m", v),
+            reason: "audit".into(),
+            activate: false,
+        })
+        .await
+        .unwrap();
+        assert!(
+            download(&mut c, "m", v).await == bytes,
+            "restored byte-identical"
+        );
+    }
+    assert!(sb.is_running());
 }
