@@ -44,6 +44,12 @@ bench-compare *ARGS:
     cargo build --release --bins
     cargo run --release -p evergreen-bench -- {{ARGS}}
 
+# The whole stack (`evergreen up`) under mixed load for SECS seconds:
+# errors, latency drift and memory growth; writes bench/SOAK.md.
+bench-soak SECS="600":
+    cargo build --release --bins
+    cargo run --release -p evergreen-bench --bin bench-soak -- --secs {{SECS}}
+
 # Archive/restore of a 200 MiB artifact to in-process S3: MiB/s, peak memory.
 bench-archive:
     cargo bench -p evergreen-registry --bench archive
