@@ -85,7 +85,16 @@ where
         if !path.is_file() {
             bail!("config file {} does not exist", path.display());
         }
-        builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
+        // Parsed on its own first, so that a syntax error names the file as
+        // given, on one line (the TOML error is a multi-line snippet).
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let file = File::from_str(&text, FileFormat::Toml);
+        Config::builder()
+            .add_source(file.clone())
+            .build()
+            .map_err(|e| anyhow!("config file {}: {}", path.display(), one_line(&e)))?;
+        builder = builder.add_source(file);
     }
     let env: HashMap<String, String> = sources
         .env
@@ -126,6 +135,17 @@ where
         let path = e.path().to_string();
         anyhow!("invalid config key `{section}.{path}`: {}", e.into_inner())
     })
+}
+
+/// A parser's message on one line: the lines of its source snippet
+/// (`1 | [registry`, `  |          ^`) dropped, the rest joined.
+fn one_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.contains(" | "))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Kubernetes injects `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT_7400_TCP`,
@@ -226,6 +246,29 @@ mod tests {
         let with_flag = with_env.flag("limit", Some(40));
         let c: Demo = load_config("demo", &with_flag).unwrap();
         assert_eq!((c.limit, c.nested.depth, c.listen.port()), (40, 5, 1));
+    }
+
+    #[test]
+    fn a_toml_syntax_error_is_one_line_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[demo\nlimit = ").unwrap();
+        let err = load_config::<Demo>(
+            "demo",
+            &ConfigSources {
+                file: Some(path.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "config file {}: TOML parse error at line 1, column 6; unclosed table, expected `]`",
+                path.display()
+            )
+        );
     }
 
     #[test]
