@@ -12,8 +12,10 @@ use evergreen_e2e::proxy::Proxy;
 use evergreen_e2e::{metric, req, Channel, Sandbox};
 use evergreen_proto::v1::registry_client::RegistryClient;
 use evergreen_proto::v1::{
-    ArchiveRequest, DownloadArtifactRequest, EventKind, GetReportRequest, GetVersionRequest,
-    HistoryRequest, RestoreRequest, SetVersionStatusRequest, VersionStatus, WindowKind,
+    watch_response, ArchiveRequest, DownloadArtifactRequest, EventKind, GetModelRequest,
+    GetReportRequest, GetVersionRequest, HistoryRequest, ListModelsRequest, ListServedRequest,
+    ListSignalsRequest, RestoreRequest, SetAliasRequest, SetVersionStatusRequest, VersionStatus,
+    WatchRequest, WindowKind,
 };
 use evergreen_s3::testing::TestS3;
 use tonic::Status;
@@ -492,4 +494,274 @@ async fn s3_cut_or_reset_mid_archive_leaves_the_version_retired_and_a_retry_succ
         );
     }
     assert!(sb.is_running());
+}
+
+/// Follows the registry's Watch for `model` from `from` through `channel`,
+/// reconnecting from the last revision it saw whenever the stream breaks,
+/// until it has seen `until` (0 = not known yet). Returns every event
+/// revision in the order received.
+async fn watch_resuming(
+    channel: Channel,
+    model: &str,
+    mut from: u64,
+    until: Arc<std::sync::atomic::AtomicU64>,
+) -> Vec<u64> {
+    let mut c = RegistryClient::new(channel);
+    let mut seen = Vec::new();
+    let done = |last: u64| {
+        let u = until.load(Ordering::Relaxed);
+        u != 0 && last >= u
+    };
+    loop {
+        if done(from) {
+            return seen;
+        }
+        let req = WatchRequest {
+            from_revision: Some(from),
+            model: model.into(),
+        };
+        let mut s = match c.watch(req).await {
+            Ok(s) => s.into_inner(),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        loop {
+            match tokio::time::timeout(Duration::from_millis(300), s.message()).await {
+                Ok(Ok(Some(m))) => match m.kind {
+                    Some(watch_response::Kind::Event(e)) => {
+                        seen.push(e.revision);
+                        from = e.revision;
+                    }
+                    Some(watch_response::Kind::Compacted(c)) => panic!("compacted: {c:?}"),
+                    _ => {}
+                },
+                Ok(_) => break, // broken: resume from `from`
+                Err(_) if done(from) => return seen,
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Moves `production` from `from` to `to` with a compare-and-set, retrying
+/// through faults. A retry refused because the alias already moved means
+/// the first attempt was applied and only its answer was lost.
+async fn move_alias(c: &mut RegistryClient<Channel>, from: u64, to: u64) -> u32 {
+    let mut retries = 0;
+    loop {
+        let r = c
+            .set_alias(SetAliasRequest {
+                model: "wine".into(),
+                alias: "production".into(),
+                version: to,
+                expected_version: Some(from),
+                reason: format!("{from} -> {to}"),
+            })
+            .await;
+        match r {
+            Ok(_) => return retries,
+            Err(e) if e.code() == tonic::Code::FailedPrecondition => {
+                let now = loop {
+                    if let Ok(m) = c
+                        .get_model(GetModelRequest {
+                            name: "wine".into(),
+                        })
+                        .await
+                    {
+                        break m.into_inner().aliases.get("production").copied();
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
+                assert_eq!(now, Some(to), "refused, yet not moved: {e:?}");
+                return retries + 1;
+            }
+            Err(_) => {
+                retries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Both proxies — registry (server, trainer, monitor and a mover client
+/// behind it) and monitor (the server's log) — take turns delaying (40 ms
+/// a chunk), resetting and cutting their connections every 300 ms while
+/// `production` moves 12 times and traffic runs. Then: no failed
+/// prediction; the server serves the last target; a watcher behind the
+/// proxy that resumes from its last revision saw every event exactly once
+/// and in order; the audit trail holds exactly one ALIAS_SET per move, in
+/// the order made (no move lost or applied twice); the monitor fired no
+/// signal and still takes records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delays_cuts_and_resets_while_aliases_move_lose_no_event_and_apply_none_twice() {
+    let sb = Sandbox::builder()
+        .proxied()
+        .trainer()
+        // No window closes during the test: the constant traffic row would
+        // drift, and a monitor action would move the alias too.
+        .monitor_with(|c| c.window_rows = 1_000_000)
+        .server(|_| {})
+        .start()
+        .await;
+    let v1 = train(&sb, "wine", "random_forest", 1, true).await;
+    let v2 = train(&sb, "wine", "decision_tree", 2, false).await;
+    let v3 = train(&sb, "wine", "logistic_regression", 3, false).await;
+    let mut p = sb.predictor().await;
+    wait_served(&mut p, "v1 serves", |r| serves(r, "wine", v1)).await;
+    let mut direct = sb.registry().await;
+    let start = direct
+        .list_models(ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    let server = sb.server_addr.unwrap();
+    let swaps_before = metric(&sb.scrape(server).await, SWAPS).unwrap_or(0.0);
+    let proxied = format!("http://{}", sb.registry_proxy().addr());
+    let until_rev = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watcher = tokio::spawn(watch_resuming(
+        sb.connect(&proxied).await,
+        "wine",
+        start,
+        until_rev.clone(),
+    ));
+    let traffic = Traffic::start(&sb, "wine", 2).await;
+
+    let plan = [v2, v3, v1, v3, v2, v1, v2, v3, v1, v2, v1, v3];
+    let moving = AtomicBool::new(true);
+    let mut mover = RegistryClient::new(sb.connect(&proxied).await);
+    let moves = async {
+        let (mut from, mut retries) = (v1, 0);
+        for to in plan {
+            retries += move_alias(&mut mover, from, to).await;
+            from = to;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        moving.store(false, Ordering::Relaxed);
+        retries
+    };
+    let chaos = async {
+        let proxies = [sb.registry_proxy(), sb.monitor_proxy()];
+        let mut step = 0usize;
+        while moving.load(Ordering::Relaxed) {
+            for (i, p) in proxies.iter().enumerate() {
+                match (step + i) % 4 {
+                    0 => p.delay(Duration::from_millis(40)),
+                    1 => p.reset(),
+                    2 => p.cut(),
+                    _ => p.pass(),
+                }
+            }
+            step += 1;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        for p in proxies {
+            p.pass();
+        }
+        step
+    };
+    let (retries, steps) = tokio::join!(moves, chaos);
+    let calm = Instant::now();
+
+    // The server ends on the last target.
+    let last = *plan.last().unwrap();
+    until(
+        "the server serves the last target",
+        Duration::from_secs(30),
+        || async {
+            let r = p.clone().list_served(ListServedRequest {}).await.ok()?;
+            serves(&r.into_inner(), "wine", last).then_some(())
+        },
+    )
+    .await;
+    let settled = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (answers, failures) = traffic.stop().await;
+    assert!(failures.is_empty(), "failed predictions: {failures:?}");
+    let late: Vec<u64> = answers
+        .iter()
+        .filter(|a| a.at > settled + Duration::from_millis(100))
+        .map(|a| a.version)
+        .collect();
+    assert!(
+        !late.is_empty() && late.iter().all(|v| *v == last),
+        "after settling only {last} answers"
+    );
+    let swaps = metric(&sb.scrape(server).await, SWAPS).unwrap_or(0.0) - swaps_before;
+    assert!(
+        (1.0..=plan.len() as f64).contains(&swaps),
+        "{swaps} swaps for {} moves",
+        plan.len()
+    );
+
+    // The audit trail: one ALIAS_SET per move, in order.
+    let history = direct
+        .history(HistoryRequest {
+            model: "wine".into(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let audited: Vec<u64> = history
+        .iter()
+        .filter(|e| {
+            e.revision > start && e.kind == EventKind::AliasSet as i32 && e.alias == "production"
+        })
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(audited, plan, "each move applied exactly once");
+    assert!(
+        history.iter().all(|e| e.actor != "evergreen-monitor"),
+        "the monitor took no action"
+    );
+
+    // The watcher behind the faults saw every event once, in order.
+    let mut expected: Vec<u64> = history
+        .iter()
+        .filter(|e| e.revision > start)
+        .map(|e| e.revision)
+        .collect();
+    expected.sort();
+    until_rev.store(*expected.last().unwrap(), Ordering::Relaxed);
+    let seen = tokio::time::timeout(Duration::from_secs(30), watcher)
+        .await
+        .expect("the watcher catches up within 30 s")
+        .unwrap();
+    assert_eq!(seen, expected, "every event exactly once, in order");
+
+    // The monitor: no signal, and records flow again after the faults.
+    let signals = sb
+        .monitor()
+        .await
+        .list_signals(ListSignalsRequest {
+            model: "wine".into(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .signals;
+    assert!(signals.is_empty(), "{signals:?}");
+    let taken = monitor_counts(&sb, last).await.0;
+    let more = Traffic::start(&sb, "wine", 1).await;
+    until(
+        "records reach the monitor after the faults",
+        Duration::from_secs(30),
+        || async { (monitor_counts(&sb, last).await.0 > taken + 50).then_some(()) },
+    )
+    .await;
+    let (_, failures) = more.stop().await;
+    assert!(failures.is_empty());
+    eprintln!(
+        "{steps} fault steps on 2 proxies: {} moves ({retries} retried), {swaps} swaps, {} events watched through {} reconnects; calm → last target served in {:?}; {} answers",
+        plan.len(),
+        seen.len(),
+        sb.registry_proxy().accepted(),
+        settled - calm,
+        answers.len()
+    );
 }
