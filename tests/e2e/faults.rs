@@ -338,6 +338,7 @@ async fn a_monitor_outage_costs_no_prediction_and_drops_are_counted() {
         total.saturating_sub(rows + dropped)
     );
     assert!(rows + dropped <= total, "{rows} + {dropped} > {total}");
+    assert!(told > 0, "the shipper tells the monitor it dropped records");
 }
 
 /// The audit trail's events of `kind` for `model`/`version`.
