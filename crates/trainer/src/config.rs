@@ -27,6 +27,13 @@ pub struct TrainerConfig {
     pub limits: evergreen_runtime::LimitsConfig,
     /// Job records (`jobs/`, sled).
     pub data_dir: PathBuf,
+    /// Directories local datasets must be in, separated by `:` (like
+    /// `PATH`); a dataset path is resolved (symlinks, `..`) before the
+    /// check, and one outside them is PERMISSION_DENIED. The trainer's own
+    /// `data_dir` (downloads, retrain data) is always allowed. "" = any
+    /// file the trainer process can read (set it whenever callers other
+    /// than the operator hold a `trainer` token).
+    pub dataset_dirs: String,
     /// Where versions are registered.
     pub registry_url: String,
     /// Jobs that train at the same time; others wait QUEUED. Each job uses
@@ -51,6 +58,7 @@ impl Default for TrainerConfig {
             client: Default::default(),
             limits: evergreen_runtime::LimitsConfig::with_max_message_bytes(256 << 20),
             data_dir: PathBuf::from(".evergreen/trainer"),
+            dataset_dirs: String::new(),
             registry_url: "http://127.0.0.1:7400".into(),
             max_concurrent_jobs: 1,
             s3: evergreen_s3::S3Config::default(),
@@ -78,7 +86,30 @@ impl TrainerConfig {
             anyhow::bail!("invalid trainer.data_dir: expected a directory path");
         }
         self.s3.validate("trainer.s3").map_err(anyhow::Error::msg)?;
+        self.dataset_dirs()?;
         Ok(())
+    }
+
+    /// `dataset_dirs` resolved (each must be an existing directory).
+    pub fn dataset_dirs(&self) -> anyhow::Result<Vec<PathBuf>> {
+        self.dataset_dirs
+            .split(':')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(|d| {
+                let p = std::fs::canonicalize(d).map_err(|e| {
+                    anyhow::anyhow!(
+                        "invalid trainer.dataset_dirs: {d:?}: {e}; expected existing directories separated by ':'"
+                    )
+                })?;
+                if !p.is_dir() {
+                    anyhow::bail!(
+                        "invalid trainer.dataset_dirs: {d:?} is not a directory; expected existing directories separated by ':'"
+                    );
+                }
+                Ok(p)
+            })
+            .collect()
     }
 }
 
@@ -112,6 +143,30 @@ mod tests {
         let c: TrainerConfig = evergreen_runtime::config::load_config("trainer", &sources)?;
         c.validate()?;
         Ok(c)
+    }
+
+    #[test]
+    fn dataset_dirs_must_exist_and_are_resolved() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        let dirs = format!("{}:{}/sub/..", d.path().display(), d.path().display());
+        let c = load(&[("EVERGREEN_TRAINER__DATASET_DIRS", &dirs)]).unwrap();
+        let real = std::fs::canonicalize(d.path()).unwrap();
+        assert_eq!(c.dataset_dirs().unwrap(), vec![real.clone(), real]);
+        let missing = d.path().join("nope");
+        let e = load(&[(
+            "EVERGREEN_TRAINER__DATASET_DIRS",
+            &missing.display().to_string(),
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "invalid trainer.dataset_dirs: {:?}: ",
+                missing.display().to_string()
+            )) && e.ends_with("expected existing directories separated by ':'"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub enum TrainError {
     NotFound(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller may not do this (a dataset outside `trainer.dataset_dirs`).
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("cancelled: {0}")]
     Cancelled(String),
     /// An `s3://` dataset could not be read.
@@ -59,6 +62,7 @@ impl TrainError {
             TrainError::InvalidArgument(_) | TrainError::Data(_) => Code::InvalidArgument,
             TrainError::NotFound(_) => Code::NotFound,
             TrainError::FailedPrecondition(_) => Code::FailedPrecondition,
+            TrainError::PermissionDenied(_) => Code::PermissionDenied,
             TrainError::Cancelled(_) => Code::Cancelled,
             TrainError::S3 { error, .. } => {
                 use evergreen_s3::S3Error;

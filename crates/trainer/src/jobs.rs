@@ -94,6 +94,9 @@ pub struct Jobs {
     /// The trainer's data dir (absolute); retrain data goes to `retrain/`,
     /// `s3://` datasets are downloaded to `s3/<bucket>/<key>`.
     dir: PathBuf,
+    /// `trainer.dataset_dirs`, resolved; empty = any readable file. The
+    /// data dir is allowed besides these.
+    dataset_dirs: Vec<PathBuf>,
     /// How to reach S3 (its bucket and prefix are not used).
     s3: evergreen_s3::S3Config,
     /// One client per bucket, made on first use.
@@ -138,6 +141,7 @@ impl Jobs {
         registry: Registry,
         max_concurrent: usize,
         s3: evergreen_s3::S3Config,
+        dataset_dirs: Vec<PathBuf>,
     ) -> anyhow::Result<Arc<Jobs>> {
         std::fs::create_dir_all(dir)?;
         let db = sled::Config::new().path(dir.join("jobs")).open()?;
@@ -155,8 +159,13 @@ impl Jobs {
         }
         db.flush()?;
         let dir = std::path::absolute(dir)?;
+        let mut dataset_dirs = dataset_dirs;
+        if !dataset_dirs.is_empty() {
+            dataset_dirs.push(std::fs::canonicalize(&dir)?);
+        }
         Ok(Arc::new(Jobs {
             dir,
+            dataset_dirs,
             db,
             tree,
             live: Mutex::new(HashMap::new()),
@@ -283,6 +292,33 @@ impl Jobs {
         let deadline = Instant::now() + std::time::Duration::from_secs(60);
         while !self.live.lock().unwrap().is_empty() && Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The local dataset `path`, if the trainer may read it: a regular file
+    /// (not a device such as `/dev/zero`, a FIFO or a directory, which
+    /// would exhaust memory or block a thread), inside `trainer.dataset_dirs`
+    /// when they are set (checked on the resolved path, so neither `..` nor
+    /// a symlink leads out).
+    pub fn local_dataset(&self, path: &Path) -> Result<PathBuf, TrainError> {
+        let meta = std::fs::metadata(path).map_err(|e| data::open_error(path, e))?;
+        if !meta.is_file() {
+            return Err(TrainError::InvalidArgument(format!(
+                "dataset {} is not a regular file; expected a CSV file",
+                path.display()
+            )));
+        }
+        if self.dataset_dirs.is_empty() {
+            return Ok(path.to_path_buf());
+        }
+        let real = std::fs::canonicalize(path).map_err(|e| data::open_error(path, e))?;
+        if self.dataset_dirs.iter().any(|d| real.starts_with(d)) {
+            Ok(real)
+        } else {
+            Err(TrainError::PermissionDenied(format!(
+                "dataset {} is outside the directories this trainer may read (trainer.dataset_dirs); put it under one of them or use s3://",
+                path.display()
+            )))
         }
     }
 
@@ -451,7 +487,7 @@ impl Jobs {
         }
         // The request must be good before anything is written.
         let base = match raw.clone().validate()?.dataset {
-            Source::Local(p) => p,
+            Source::Local(p) => self.local_dataset(&p)?,
             // The rows are checked against the header and appended to the
             // data: fetch it now.
             Source::S3(o) => self.s3_fetch(&o).await?,
@@ -485,9 +521,14 @@ impl Jobs {
         // An S3 object is only looked at (its columns are checked once the
         // job has downloaded it).
         match &spec.dataset {
-            Source::Local(path) => {
-                let header = data::read_header(path)?;
-                data::resolve(path, &header, &selection(&spec.recipe))?;
+            Source::Local(given) => {
+                let path = &self.local_dataset(given)?;
+                // Errors name the file as the caller did.
+                let named = |e: TrainError| {
+                    e.replace_name(&path.display().to_string(), &given.display().to_string())
+                };
+                let header = data::read_header(path).map_err(named)?;
+                data::resolve(path, &header, &selection(&spec.recipe)).map_err(named)?;
             }
             Source::S3(o) => {
                 if self.s3_size(o).await? == 0 {
@@ -602,7 +643,8 @@ impl Jobs {
         self.save(&tx.borrow());
         let actor = tx.borrow().actor.clone();
         let path = match &spec.dataset {
-            Source::Local(p) => p.clone(),
+            // Checked again: the file may have changed since the call.
+            Source::Local(p) => self.local_dataset(p)?,
             Source::S3(o) => {
                 let path = tokio::select! {
                     p = self.s3_fetch(o) => p?,
@@ -642,7 +684,9 @@ impl Jobs {
                     match &spec2.dataset {
                         // Name the object, not where it was downloaded to.
                         Source::S3(o) => e.replace_name(&path.display().to_string(), &o.uri()),
-                        Source::Local(_) => e,
+                        Source::Local(p) => {
+                            e.replace_name(&path.display().to_string(), &p.display().to_string())
+                        }
                     }
                 })?;
                 let progress = |p: Progress| {
@@ -872,19 +916,149 @@ mod tests {
         assert_eq!(j.progress.message, "registering");
     }
 
+    /// `trainer.dataset_dirs`: a Train request may read only regular files
+    /// inside them (after resolving `..` and symlinks) or the trainer's own
+    /// data dir; anything else is refused before a job exists.
+    #[tokio::test]
+    async fn datasets_outside_dataset_dirs_devices_and_fifos_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let allowed = root.path().join("datasets");
+        let outside = root.path().join("private");
+        std::fs::create_dir_all(&allowed).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let csv = "a,b,y\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n9,1,0\n";
+        std::fs::write(allowed.join("ok.csv"), csv).unwrap();
+        std::fs::write(outside.join("secret.csv"), "password,y\nhunter2,1\n").unwrap();
+        std::os::unix::fs::symlink(outside.join("secret.csv"), allowed.join("link.csv")).unwrap();
+        let registry = Registry::connect_lazy(&Default::default(), "http://127.0.0.1:1").unwrap();
+        let dirs = vec![std::fs::canonicalize(&allowed).unwrap()];
+        let jobs = Jobs::open(
+            &root.path().join("data"),
+            registry.clone(),
+            1,
+            Default::default(),
+            dirs,
+        )
+        .unwrap();
+        let submit = |uri: String| {
+            let jobs = jobs.clone();
+            async move {
+                jobs.submit(
+                    RawRequest {
+                        model: "m".into(),
+                        dataset_uri: uri,
+                        target: "y".into(),
+                        ..Default::default()
+                    },
+                    "test",
+                )
+                .await
+            }
+        };
+        let denied = |uri: &str| {
+            format!(
+                "dataset {uri} is outside the directories this trainer may read (trainer.dataset_dirs); put it under one of them or use s3://"
+            )
+        };
+        for uri in [
+            outside.join("secret.csv").display().to_string(),
+            allowed.join("../private/secret.csv").display().to_string(),
+            allowed.join("link.csv").display().to_string(),
+            format!("file://{}", outside.join("secret.csv").display()),
+        ] {
+            let e = submit(uri.clone()).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{uri}: {e}");
+            let shown = uri.strip_prefix("file://").unwrap_or(&uri);
+            assert_eq!(e.to_string(), denied(shown));
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        // Not a regular file: a device that never ends, a FIFO that would
+        // block a thread, a directory. Refused with or without the dirs.
+        let fifo = allowed.join("fifo.csv");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let open = Jobs::open(
+            &root.path().join("data2"),
+            registry,
+            1,
+            Default::default(),
+            Vec::new(),
+        )
+        .unwrap();
+        for j in [&jobs, &open] {
+            for p in [Path::new("/dev/zero"), &fifo, &allowed] {
+                let e = j
+                    .submit(
+                        RawRequest {
+                            model: "m".into(),
+                            dataset_uri: p.display().to_string(),
+                            target: "y".into(),
+                            ..Default::default()
+                        },
+                        "test",
+                    )
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+                assert_eq!(
+                    e.to_string(),
+                    format!(
+                        "dataset {} is not a regular file; expected a CSV file",
+                        p.display()
+                    )
+                );
+            }
+        }
+        // Inside the dirs (also through `..` that stays inside): accepted,
+        // and errors name the file as the caller did.
+        let job = submit(allowed.join("ok.csv").display().to_string())
+            .await
+            .unwrap();
+        assert_eq!(job.state, JobState::Queued);
+        let given = allowed.join("../datasets/ok.csv").display().to_string();
+        let mut bad = RawRequest {
+            model: "m".into(),
+            dataset_uri: given.clone(),
+            target: "nope".into(),
+            ..Default::default()
+        };
+        let e = jobs.submit(bad.clone(), "test").await.unwrap_err();
+        assert!(
+            e.to_string().contains(&format!("is not in {given} ")),
+            "{e}"
+        );
+        // No dirs set: any readable regular file, as before.
+        bad.dataset_uri = outside.join("secret.csv").display().to_string();
+        bad.target = "y".into();
+        assert_eq!(
+            open.submit(bad, "test").await.unwrap().state,
+            JobState::Queued
+        );
+    }
+
     #[tokio::test]
     async fn jobs_interrupted_by_a_crash_read_as_failed_after_restart() {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::connect_lazy(&Default::default(), "http://127.0.0.1:1").unwrap();
         {
-            let jobs = Jobs::open(dir.path(), registry.clone(), 1, Default::default()).unwrap();
+            let jobs = Jobs::open(
+                dir.path(),
+                registry.clone(),
+                1,
+                Default::default(),
+                Vec::new(),
+            )
+            .unwrap();
             let job = JobRecord {
                 id: "job-000007".into(),
                 ..running_record(Progress::stage(Stage::Fitting, 70.0, "tree 50 of 100"))
             };
             jobs.save(&job);
         }
-        let jobs = Jobs::open(dir.path(), registry, 1, Default::default()).unwrap();
+        let jobs = Jobs::open(dir.path(), registry, 1, Default::default(), Vec::new()).unwrap();
         let j = jobs.get("job-000007").unwrap();
         assert_eq!(j.state, JobState::Failed);
         assert!(

@@ -47,6 +47,7 @@ pub async fn run(
         registry,
         config.max_concurrent_jobs,
         config.s3.clone(),
+        config.dataset_dirs()?,
     )?;
     metrics::register(&shell.metrics, &jobs);
     shell
