@@ -477,6 +477,82 @@ async fn long_lived_streams_beyond_max_concurrent_streams_are_resource_exhausted
     .await;
 }
 
+/// Health `Watch` needs no token; its streams are capped apart, so callers
+/// without a token cannot take the slots authenticated watches need.
+#[tokio::test]
+async fn health_watches_without_a_token_cannot_use_up_the_authenticated_stream_slots() {
+    use evergreen_proto::v1::registry_client::RegistryClient;
+    use evergreen_runtime::client::{Client, Keys};
+    use evergreen_runtime::tonic_health::pb::health_client::HealthClient;
+    use evergreen_runtime::tonic_health::pb::HealthCheckRequest;
+
+    let sb = Sandbox::builder()
+        .registry(|c| {
+            c.limits.max_concurrent_streams = 2;
+            c.auth.tokens = "reader:r1".into();
+        })
+        .start()
+        .await;
+    let url = format!("http://{}", sb.registry_addr);
+    let anonymous = Client::default();
+    let reader = Client::new(
+        &evergreen_runtime::ClientConfig {
+            token: "r1".into(),
+            ..Default::default()
+        },
+        &Keys::Flags,
+    )
+    .unwrap();
+    // Each stream on a connection of its own (the daemon-wide cap).
+    let health_watch = || async {
+        let ch = anonymous.connect("registry", &url).await.unwrap();
+        HealthClient::new(ch)
+            .watch(HealthCheckRequest::default())
+            .await
+            .map(|r| r.into_inner())
+    };
+    let watch = |client: &Client| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            let ch = client.connect("registry", &url).await.unwrap();
+            RegistryClient::new(ch)
+                .watch(WatchRequest::default())
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let h1 = health_watch().await.unwrap();
+    let _h2 = health_watch().await.unwrap();
+    let e = health_watch().await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    for part in [
+        "already holds 2 health watches",
+        "registry.limits.max_concurrent_streams",
+    ] {
+        assert!(e.message().contains(part), "{part}: {}", e.message());
+    }
+    // Without a token a registry watch is refused by auth ...
+    let e = watch(&anonymous).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    // ... and a reader's watches still get both slots, then hit their cap.
+    let _w1 = watch(&reader).await.unwrap();
+    let _w2 = watch(&reader).await.unwrap();
+    let e = watch(&reader).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("already holds 2 long-lived streams"),
+        "{}",
+        e.message()
+    );
+    // A health watcher that leaves frees its slot.
+    drop(h1);
+    until("a health watch slot is free again", || async {
+        health_watch().await.ok()
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn monitor_batches_over_max_rows_per_request_are_refused_naming_the_key() {
     let sb = Sandbox::builder()

@@ -13,6 +13,9 @@
 //! - caps the long-lived streams open at once on this daemon
 //!   ([`evergreen_proto::LONG_LIVED_CALLS`]) at
 //!   `limits.max_concurrent_streams` (`evergreen_streams_open` shows them).
+//!   Streams of the open services (health `Watch`, callable without a
+//!   token) have a cap of their own of the same size, so callers without a
+//!   token cannot use up the slots of authenticated watches.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -151,6 +154,8 @@ struct Shared {
     max_message_bytes: usize,
     max_streams: u32,
     streams: Arc<Semaphore>,
+    /// Long-lived streams of the open services (no token needed).
+    open_streams: Arc<Semaphore>,
     /// Calls whose handler or response body is still alive.
     inflight: Arc<AtomicUsize>,
 }
@@ -188,6 +193,7 @@ impl RpcLayer {
                 max_message_bytes: shell.limits.max_message_bytes,
                 max_streams,
                 streams: Arc::new(Semaphore::new(max_streams as usize)),
+                open_streams: Arc::new(Semaphore::new(max_streams as usize)),
                 inflight: Arc::new(AtomicUsize::new(0)),
             }),
         }
@@ -253,14 +259,25 @@ where
         rpc.started.get_or_create(&labels).inc();
 
         let permit = if evergreen_proto::LONG_LIVED_CALLS.contains(&path) {
-            match shared.streams.clone().try_acquire_owned() {
+            let open = crate::auth::required_role(path).is_none();
+            let streams = if open {
+                &shared.open_streams
+            } else {
+                &shared.streams
+            };
+            match streams.clone().try_acquire_owned() {
                 Ok(p) => {
                     rpc.streams.get_or_create(&labels).inc();
                     Some(p)
                 }
                 Err(_) => {
+                    let what = if open {
+                        "health watches (the open streams, counted apart from the others)"
+                    } else {
+                        "long-lived streams (watches, prediction logs, training progress)"
+                    };
                     let status = Status::resource_exhausted(format!(
-                        "too many open streams: this {} already holds {} long-lived streams (watches, prediction logs, training progress), the limit set by {}; retry later or raise the limit",
+                        "too many open streams: this {} already holds {} {what}, the limit set by {}; retry later or raise the limit",
                         shared.daemon,
                         shared.max_streams,
                         key(shared.daemon, "limits.max_concurrent_streams"),

@@ -66,7 +66,8 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
     /// Concurrent HTTP/2 streams (in-flight calls) per connection, and
     /// long-lived streams (Watch, WatchSignals, LogPredictions, Train,
-    /// WatchJob, health Watch) open at once on the daemon.
+    /// WatchJob) open at once on the daemon; health Watch streams (no token
+    /// needed) have a cap of the same size of their own.
     pub max_concurrent_streams: u32,
 }
 
