@@ -133,7 +133,10 @@ fn encode(
             "features has both values and named; expected one of them".into(),
         ));
     }
-    if row.values.len() > n {
+    // Positional rows are whole, as Predict requires: a short one is more
+    // likely misaligned than missing its tail (missing values are unset
+    // cells, or `named` rows).
+    if !row.values.is_empty() && row.values.len() != n {
         return Err(bad(format!(
             "{} feature values; {version} has {n} features ({}), in that order",
             row.values.len(),
@@ -349,7 +352,7 @@ mod tests {
                 "yes",
             ),
             row(vec![Cell::Missing, Cell::Number(3.0)], "no"),
-            row(vec![Cell::Category(" 1e3 ".into())], "no"),
+            row(vec![Cell::Category(" 1e3 ".into()), Cell::Missing], "no"),
             LabeledRow {
                 named: vec![("colour".into(), Cell::Category("blue".into()))],
                 label: "yes".into(),
@@ -384,7 +387,7 @@ mod tests {
     #[test]
     fn bad_rows_name_the_row_and_what_was_expected() {
         let s = schema(classes());
-        let ok = row(vec![Cell::Number(1.0)], "yes");
+        let ok = row(vec![Cell::Number(1.0), Cell::Missing], "yes");
         let too_many = row(vec![Cell::Number(1.0); 3], "yes");
         assert_eq!(
             err(&[ok.clone(), too_many], &s),
@@ -393,12 +396,31 @@ mod tests {
         let e = err(&[ok.clone(), ok.clone(), row(vec![], "")], &s);
         assert!(e.starts_with("rows[2]: label \"\" is empty"), "{e}");
         assert!(e.contains("expected a class label (known: no, yes)"), "{e}");
-        let e = err(&[row(vec![Cell::Category("big".into())], "yes")], &s);
+        let e = err(
+            &[row(
+                vec![Cell::Category("big".into()), Cell::Missing],
+                "yes",
+            )],
+            &s,
+        );
         assert!(
             e.starts_with("rows[0]: feature \"size\" (values[0]) is numeric"),
             "{e}"
         );
-        let e = err(&[row(vec![Cell::Number(f64::INFINITY)], "yes")], &s);
+        let e = err(
+            &[row(vec![Cell::Number(f64::INFINITY), Cell::Missing], "yes")],
+            &s,
+        );
+        assert!(e.contains("is inf; expected a finite number"), "{e}");
+        let short = row(vec![Cell::Number(1.0)], "yes");
+        assert_eq!(
+            err(&[short], &s),
+            "rows[0]: 1 feature values; m/1 has 2 features (size, colour), in that order"
+        );
+        let e = err(
+            &[row(vec![Cell::Number(f64::INFINITY), Cell::Missing], "yes")],
+            &s,
+        );
         assert!(e.contains("is inf; expected a finite number"), "{e}");
         let unknown = LabeledRow {
             named: vec![("weight".into(), Cell::Number(1.0))],
