@@ -847,6 +847,20 @@ async fn hostile_inputs_get_the_right_code_and_message_and_change_nothing() {
             Code::InvalidArgument,
             "rows[0]",
         ),
+        case(
+            "retrain with a labeled row of the wrong width",
+            Call::Retrain(RetrainRequest {
+                model: "wine".into(),
+                rows: vec![LabeledRow {
+                    features: Some(row(&[1.0, 2.0])),
+                    label: "0".into(),
+                    value: 0.0,
+                }],
+                ..Default::default()
+            }),
+            Code::InvalidArgument,
+            "rows[0]: 2 feature values; wine/1 has 13 features (alcohol..proline), in that order",
+        ),
         // --- server ---
         case(
             "predict: wrong number of values",
@@ -927,6 +941,25 @@ async fn hostile_inputs_get_the_right_code_and_message_and_change_nothing() {
             "broken/3",
         ),
         case(
+            "v2: unknown model",
+            Call::Infer(ModelInferRequest {
+                model_name: "beer".into(),
+                ..fp64(vec![1, 13], WINE_ROW.to_vec())
+            }),
+            Code::NotFound,
+            "model \"beer\" not found",
+        ),
+        case(
+            "v2: artifact of a future format",
+            Call::Infer(ModelInferRequest {
+                model_name: "broken".into(),
+                model_version: "2".into(),
+                ..fp64(vec![1, 13], WINE_ROW.to_vec())
+            }),
+            Code::FailedPrecondition,
+            "format version 9 is newer",
+        ),
+        case(
             "v2: wrong shape",
             Call::Infer(fp64(vec![1, 12], WINE_ROW[..12].to_vec())),
             Code::InvalidArgument,
@@ -986,6 +1019,21 @@ async fn hostile_inputs_get_the_right_code_and_message_and_change_nothing() {
             }),
             Code::InvalidArgument,
             "feedback[0].request_id",
+        ),
+        case(
+            "feedback: a batch over the row limit",
+            Call::Feedback(RecordFeedbackRequest {
+                feedback: vec![
+                    Feedback {
+                        request_id: "r".into(),
+                        label: "0".into(),
+                        ..Default::default()
+                    };
+                    11
+                ],
+            }),
+            Code::InvalidArgument,
+            "a RecordFeedback call of 11 labels exceeds the limit of 10 (monitor.max_rows_per_request)",
         ),
         case(
             "feedback: an id never logged is counted, not stored",
