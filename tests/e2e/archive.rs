@@ -367,6 +367,64 @@ async fn without_s3_the_archive_is_a_local_directory() {
     assert_eq!(download(&mut c, "small/1").await.unwrap(), bytes);
 }
 
+/// The lineage is the registering caller's word: a version that names a
+/// file the registry can read but records no dataset_sha256 (or a wrong
+/// one) does not get that file copied into the archive.
+#[tokio::test]
+async fn archive_copies_training_data_only_when_it_matches_the_recorded_sha256() {
+    let sb = Sandbox::start().await;
+    let mut c = sb.registry().await;
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret = secret_dir.path().join("registry-tls.key");
+    std::fs::write(&secret, "-----BEGIN PRIVATE KEY-----\nsekrit\n").unwrap();
+    let _ = c.create_model(req::create("nosy")).await;
+    let mut dir = sb.data_dir().join("archive");
+    for (sha, reason) in [
+        (
+            String::new(),
+            "the version's lineage records no dataset_sha256 (only data that matches it is copied)"
+                .to_string(),
+        ),
+        (
+            "0".repeat(64),
+            format!("{} changed since training", secret.display()),
+        ),
+    ] {
+        let mut header = req::header("nosy");
+        header.lineage = Some(evergreen_proto::v1::Lineage {
+            dataset_uri: secret.display().to_string(),
+            dataset_sha256: sha,
+            ..Default::default()
+        });
+        let v = c
+            .register_version(tokio_stream::iter(req::register(
+                header,
+                reason.as_bytes(),
+                1024,
+            )))
+            .await
+            .unwrap()
+            .into_inner()
+            .version;
+        retire(&mut c, "nosy", v).await;
+        c.archive(archive_req("nosy", v, true)).await.unwrap();
+        dir = sb.data_dir().join("archive").join(format!("nosy/{v}"));
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+        let data = &manifest["data"];
+        assert_eq!(data["included"], false, "{manifest}");
+        assert!(
+            data["reason"].as_str().unwrap().starts_with(&reason),
+            "{manifest}"
+        );
+        assert!(!dir.join("data").exists());
+    }
+    assert!(
+        !String::from_utf8_lossy(&std::fs::read(dir.join("manifest.json")).unwrap())
+            .contains("sekrit")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_retires_beyond_k_active_and_archives_what_stays_retired() {
     let sb = Sandbox::builder()

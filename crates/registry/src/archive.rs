@@ -420,11 +420,16 @@ impl Archiver {
                     && !lineage.dataset_uri.starts_with("file://")
             {
                 json!({"included": false, "reason": format!("not a local file: {:?}", lineage.dataset_uri)})
+            } else if lineage.dataset_sha256.is_empty() {
+                // The lineage is the caller's word: without the checksum of
+                // what was trained on, any file the registry can read (its
+                // TLS key, its tokens) could be named and copied out.
+                json!({"included": false, "reason": "the version's lineage records no dataset_sha256 (only data that matches it is copied)"})
             } else if !p.is_file() {
                 json!({"included": false, "reason": format!("{path} no longer exists")})
             } else {
                 let (dsize, dsha) = sha256_file(p).await?;
-                if !lineage.dataset_sha256.is_empty() && dsha != lineage.dataset_sha256 {
+                if dsha != lineage.dataset_sha256 {
                     json!({"included": false, "reason": format!("{path} changed since training (sha256 {dsha}, recorded {})", lineage.dataset_sha256)})
                 } else {
                     let name = p
