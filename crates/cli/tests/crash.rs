@@ -948,7 +948,9 @@ impl MonitorStack {
     }
 
     /// Predicts `rows` one by one with `bc/version` and request ids
-    /// `TAG-i`; waits until the monitor holds them all.
+    /// `TAG-i`; waits until the monitor holds them all (also right after a
+    /// monitor restart: the server re-sends what a dead stream did not
+    /// take), once each.
     async fn traffic(&self, version: u64, tag: &str, rows: &[(pb::Row, String)]) {
         let base = self.rows(version).await;
         let mut p = pb::predictor_client::PredictorClient::new(channel(&self.server));
@@ -966,33 +968,8 @@ impl MonitorStack {
             (self.rows(version).await >= expect).then_some(())
         })
         .await;
-    }
-
-    /// After the monitor restarts, the server's prediction-log stream to
-    /// the old process is dead and the server notices only when a batch
-    /// fails (that batch is dropped and counted, then it reconnects):
-    /// probes until a logged row arrives again.
-    async fn reconnect_log(&self, version: u64) {
-        let base = self.rows(version).await;
-        let mut p = pb::predictor_client::PredictorClient::new(channel(&self.server));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for k in 0.. {
-            p.predict(pb::PredictRequest {
-                model: format!("bc/{version}"),
-                rows: vec![bc_sample(k, 1)[0].0.clone()],
-                request_id: format!("probe-{k}"),
-            })
-            .await
-            .unwrap();
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            if self.rows(version).await > base {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the prediction log never resumed"
-            );
-        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(self.rows(version).await, expect, "each row logged once");
     }
 
     /// Sends the opposite of the true labels for `TAG-i` (the version
@@ -1086,6 +1063,10 @@ async fn a_restarted_monitor_keeps_its_windows_and_acts_once_per_breach() {
             .ok()
     })
     .await;
+    until("the probe is logged", 30, || async {
+        (s.rows(v1).await == 1).then_some(())
+    })
+    .await;
     let a = bc_sample(0, 50);
     s.traffic(v1, "a", &a).await;
 
@@ -1106,7 +1087,6 @@ async fn a_restarted_monitor_keeps_its_windows_and_acts_once_per_breach() {
         closed_windows(&before),
         "closed windows restored"
     );
-    s.reconnect_log(v1).await;
 
     // kill -9, some time after the last traffic: windows older than
     // persist_ms are all there.
@@ -1126,7 +1106,6 @@ async fn a_restarted_monitor_keeps_its_windows_and_acts_once_per_breach() {
         closed_windows(&before),
         "closed windows restored"
     );
-    s.reconnect_log(v1).await;
 
     // A breach: the labels say v1 is wrong on every row. RETIRE fires;
     // the monitor is killed right after (before its next periodic write).
@@ -1159,7 +1138,6 @@ async fn a_restarted_monitor_keeps_its_windows_and_acts_once_per_breach() {
     // Restarted, the same breach goes on (v1 keeps getting it wrong) past
     // the cool-down: no second signal, no second action.
     s.monitor.restart();
-    s.reconnect_log(v1).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let d = bc_sample(150, 50);
     s.traffic(v1, "d", &d).await;
