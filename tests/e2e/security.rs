@@ -320,6 +320,37 @@ fn refused_by_tls(e: &anyhow::Error, alert: &str) -> bool {
     text.contains(alert) || text.contains("connection closed")
 }
 
+/// A connection that never completes the TLS handshake is closed after
+/// `tls::HANDSHAKE_TIMEOUT`, and the daemon keeps serving.
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_closed_after_the_handshake_timeout() {
+    use evergreen_runtime::tls::HANDSHAKE_TIMEOUT;
+    use tokio::io::AsyncReadExt;
+    let sb = Sandbox::builder().secure().start().await;
+    let mut idle = tokio::net::TcpStream::connect(sb.registry_addr)
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT + std::time::Duration::from_secs(10),
+        idle.read(&mut buf),
+    )
+    .await
+    .expect("a connection that sent nothing was still open 20 s later");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        t0.elapsed() + std::time::Duration::from_millis(500) >= HANDSHAKE_TIMEOUT,
+        "closed after {:?}",
+        t0.elapsed()
+    );
+    sb.registry()
+        .await
+        .list_models(ListModelsRequest::default())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn mutual_tls_refuses_clients_without_a_certificate_from_the_ca() {
     let sb = Sandbox::builder().secure().start().await;

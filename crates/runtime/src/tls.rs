@@ -5,6 +5,7 @@
 //! handshake later.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use rustls_pki_types::pem::PemObject;
@@ -12,6 +13,11 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::shell::TlsConfig;
+
+/// How long a client may take to complete the TLS handshake; a
+/// connection that has not by then is closed (without it, connections
+/// that never send a ClientHello would be held forever).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn is_set(p: &Path) -> bool {
     !p.as_os_str().is_empty()
@@ -76,7 +82,9 @@ pub fn server_tls(section: &str, tls: &TlsConfig) -> anyhow::Result<Option<Serve
     }
     let cert = read_certs(&k("cert"), &tls.cert)?;
     let key = read_key(&k("key"), &tls.key)?;
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    let mut config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert, key))
+        .timeout(HANDSHAKE_TIMEOUT);
     if is_set(&tls.client_ca) {
         config = config.client_ca_root(Certificate::from_pem(read_certs(
             &k("client_ca"),
