@@ -39,6 +39,9 @@ pub struct TrainerConfig {
     /// Jobs that train at the same time; others wait QUEUED. Each job uses
     /// every core, so more than one mostly adds memory.
     pub max_concurrent_jobs: usize,
+    /// Jobs that may wait QUEUED at once; a Train, SubmitJob or Retrain
+    /// beyond it is RESOURCE_EXHAUSTED naming this key.
+    pub max_queued_jobs: usize,
     /// How to reach S3 for `s3://BUCKET/KEY` datasets (`[trainer.s3]`):
     /// endpoint, region, path_style, keys. `bucket` and `prefix` are not
     /// used: the URI names the bucket and the whole key.
@@ -61,6 +64,7 @@ impl Default for TrainerConfig {
             dataset_dirs: String::new(),
             registry_url: "http://127.0.0.1:7400".into(),
             max_concurrent_jobs: 1,
+            max_queued_jobs: 100,
             s3: evergreen_s3::S3Config::default(),
         }
     }
@@ -74,6 +78,9 @@ impl TrainerConfig {
                 "invalid trainer.max_concurrent_jobs = {}: expected 1..=64",
                 self.max_concurrent_jobs
             );
+        }
+        if self.max_queued_jobs == 0 {
+            anyhow::bail!("invalid trainer.max_queued_jobs = 0: expected at least 1");
         }
         if !(self.registry_url.starts_with("http://") || self.registry_url.starts_with("https://"))
         {

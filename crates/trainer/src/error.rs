@@ -18,6 +18,9 @@ pub enum TrainError {
     /// The caller may not do this (a dataset outside `trainer.dataset_dirs`).
     #[error("{0}")]
     PermissionDenied(String),
+    /// A limit was reached (the message names its config key).
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("cancelled: {0}")]
     Cancelled(String),
     /// An `s3://` dataset could not be read.
@@ -63,6 +66,7 @@ impl TrainError {
             TrainError::NotFound(_) => Code::NotFound,
             TrainError::FailedPrecondition(_) => Code::FailedPrecondition,
             TrainError::PermissionDenied(_) => Code::PermissionDenied,
+            TrainError::ResourceExhausted(_) => Code::ResourceExhausted,
             TrainError::Cancelled(_) => Code::Cancelled,
             TrainError::S3 { error, .. } => {
                 use evergreen_s3::S3Error;

@@ -90,6 +90,8 @@ pub struct Jobs {
     tree: sled::Tree,
     live: Mutex<HashMap<String, Live>>,
     permits: Arc<Semaphore>,
+    /// `trainer.max_queued_jobs`: more QUEUED jobs are refused.
+    max_queued: usize,
     registry: Registry,
     /// The trainer's data dir (absolute); retrain data goes to `retrain/`,
     /// `s3://` datasets are downloaded to `s3/<bucket>/<key>`.
@@ -140,6 +142,7 @@ impl Jobs {
         dir: &Path,
         registry: Registry,
         max_concurrent: usize,
+        max_queued: usize,
         s3: evergreen_s3::S3Config,
         dataset_dirs: Vec<PathBuf>,
     ) -> anyhow::Result<Arc<Jobs>> {
@@ -170,6 +173,7 @@ impl Jobs {
             tree,
             live: Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            max_queued,
             registry,
             s3,
             s3_clients: Mutex::new(HashMap::new()),
@@ -538,6 +542,12 @@ impl Jobs {
                     )));
                 }
             }
+        }
+        let (queued, _) = self.live_counts();
+        if queued >= self.max_queued {
+            return Err(TrainError::ResourceExhausted(format!(
+                "{queued} jobs are already waiting for a training slot, the limit set by trainer.max_queued_jobs (EVERGREEN_TRAINER__MAX_QUEUED_JOBS); retry when one has started, or cancel one"
+            )));
         }
         let id = format!(
             "job-{:06}",
@@ -936,6 +946,7 @@ mod tests {
             &root.path().join("data"),
             registry.clone(),
             1,
+            8,
             Default::default(),
             dirs,
         )
@@ -984,6 +995,7 @@ mod tests {
             &root.path().join("data2"),
             registry,
             1,
+            8,
             Default::default(),
             Vec::new(),
         )
@@ -1039,6 +1051,52 @@ mod tests {
         );
     }
 
+    /// Jobs waiting for a training slot are capped by
+    /// `trainer.max_queued_jobs`; a slot freed lets the next one in.
+    #[tokio::test]
+    async fn jobs_beyond_max_queued_jobs_are_resource_exhausted() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("d.csv");
+        std::fs::write(&csv, "a,y\n1,0\n2,1\n3,0\n4,1\n").unwrap();
+        let registry = Registry::connect_lazy(&Default::default(), "http://127.0.0.1:1").unwrap();
+        let jobs = Jobs::open(
+            &dir.path().join("data"),
+            registry,
+            1,
+            2,
+            Default::default(),
+            Vec::new(),
+        )
+        .unwrap();
+        // The only training slot is taken: every job waits QUEUED.
+        let _slot = jobs.permits.clone().acquire_owned().await.unwrap();
+        let raw = RawRequest {
+            model: "m".into(),
+            dataset_uri: csv.display().to_string(),
+            target: "y".into(),
+            ..Default::default()
+        };
+        let first = jobs.submit(raw.clone(), "test").await.unwrap();
+        jobs.submit(raw.clone(), "test").await.unwrap();
+        let e = jobs.submit(raw.clone(), "test").await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+        assert_eq!(
+            e.to_string(),
+            "2 jobs are already waiting for a training slot, the limit set by trainer.max_queued_jobs (EVERGREEN_TRAINER__MAX_QUEUED_JOBS); retry when one has started, or cancel one"
+        );
+        assert_eq!(jobs.live_counts(), (2, 0), "the refused call made no job");
+        jobs.cancel(&first.id, "test").unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while jobs.live_counts().0 > 1 {
+            assert!(Instant::now() < deadline, "the cancelled job never left");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            jobs.submit(raw, "test").await.unwrap().state,
+            JobState::Queued
+        );
+    }
+
     #[tokio::test]
     async fn jobs_interrupted_by_a_crash_read_as_failed_after_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -1048,6 +1106,7 @@ mod tests {
                 dir.path(),
                 registry.clone(),
                 1,
+                8,
                 Default::default(),
                 Vec::new(),
             )
@@ -1058,7 +1117,7 @@ mod tests {
             };
             jobs.save(&job);
         }
-        let jobs = Jobs::open(dir.path(), registry, 1, Default::default(), Vec::new()).unwrap();
+        let jobs = Jobs::open(dir.path(), registry, 1, 8, Default::default(), Vec::new()).unwrap();
         let j = jobs.get("job-000007").unwrap();
         assert_eq!(j.state, JobState::Failed);
         assert!(

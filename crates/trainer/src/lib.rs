@@ -46,6 +46,7 @@ pub async fn run(
         &config.data_dir,
         registry,
         config.max_concurrent_jobs,
+        config.max_queued_jobs,
         config.s3.clone(),
         config.dataset_dirs()?,
     )?;
