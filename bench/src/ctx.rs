@@ -6,8 +6,6 @@ use std::time::Duration;
 use crate::baseline::Python;
 
 pub struct Ctx {
-    /// The repository root (BENCHMARKS.md is written there).
-    pub root: PathBuf,
     /// ../shared/data: the CSV sets both sides use.
     pub data: PathBuf,
     /// Where the Evergreen binaries are (next to this one).

@@ -157,7 +157,6 @@ async fn main() -> anyhow::Result<()> {
         python,
         smoke: args.smoke,
         secs: Duration::from_secs_f64(args.secs.unwrap_or(if args.smoke { 0.5 } else { 5.0 })),
-        root: root.clone(),
     };
     let mut report = Report {
         date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
