@@ -155,9 +155,15 @@ impl MonitorApi for MonitorGrpc {
         let mut stopping = self.monitor.stopping.subscribe();
         loop {
             let batch = tokio::select! {
+                biased;
                 b = stream.message() => b?,
-                // Shutting down: end the stream; the server reconnects.
-                _ = stopping.wait_for(|s| *s) => None,
+                // Shutting down: what was not read is not ingested, and the
+                // server sends it again (to this monitor once it is back).
+                _ = stopping.wait_for(|s| *s) => {
+                    return Err(Status::unavailable(format!(
+                        "the monitor is shutting down after ingesting {accepted} records of this call; send the rest again"
+                    )));
+                }
             };
             let Some(batch) = batch else { break };
             self.rows_within_limit(batch.records.len(), "LogPredictions batch", "records")?;
