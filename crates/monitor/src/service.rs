@@ -190,6 +190,10 @@ pub struct Monitor {
     /// Breaches due a signal, to the action task (one at a time).
     pub(crate) actions: tokio::sync::mpsc::UnboundedSender<crate::actions::Candidate>,
     loading: AsyncMutex<()>,
+    /// One `persist` at a time: each takes its snapshot and writes it under
+    /// this lock, so an older snapshot never lands after a newer one (the
+    /// periodic writer, `act` and shutdown all persist).
+    persisting: std::sync::Mutex<()>,
     /// Counters for `/metrics` (registered by `run`).
     pub metrics: crate::metrics::MonitorMetrics,
 }
@@ -371,6 +375,7 @@ impl Monitor {
             metrics: Default::default(),
 
             loading: AsyncMutex::new(()),
+            persisting: std::sync::Mutex::new(()),
         })
     }
 
@@ -791,6 +796,7 @@ impl Monitor {
 
     /// Writes dirty window state and labeled rows to disk.
     pub fn persist(&self) -> Result<(), MonitorError> {
+        let _one_at_a_time = self.persisting.lock().unwrap();
         let (versions, labeled) = {
             let mut s = self.state.lock().unwrap();
             let dirty: Vec<Key> = s.dirty.drain().collect();
