@@ -51,19 +51,27 @@ impl TestS3 {
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             let http = ConnBuilder::new(TokioExecutor::new());
+            // Open connections, so that `stop` returns only once they are
+            // cut (a client's pooled connection must not outlive it).
+            let mut conns = tokio::task::JoinSet::new();
             loop {
-                let (socket, _) = tokio::select! {
-                    r = listener.accept() => match r {
-                        Ok(c) => c,
-                        Err(_) => continue,
-                    },
-                    _ = stopped.wait_for(|s| *s) => return,
+                while conns.try_join_next().is_some() {}
+                let accepted = tokio::select! {
+                    r = listener.accept() => r.ok(),
+                    _ = stopped.wait_for(|s| *s) => None,
+                };
+                let Some((socket, _)) = accepted else {
+                    if *stopped.borrow() {
+                        while conns.join_next().await.is_some() {}
+                        return;
+                    }
+                    continue;
                 };
                 let conn = http
                     .serve_connection(TokioIo::new(socket), service.clone())
                     .into_owned();
                 let mut stopped = stopped.clone();
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     tokio::select! {
                         _ = conn => {}
                         // Stopping cuts open connections too: "endpoint down".
@@ -108,7 +116,7 @@ impl TestS3 {
         self.root.join(bucket).join(key)
     }
 
-    /// Stops serving and cuts open connections.
+    /// Stops serving and cuts open connections (returns once they are).
     pub async fn stop(&mut self) {
         let _ = self.stop.send(true);
         if let Some(t) = self.task.take() {
