@@ -9,6 +9,37 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A daemon binary (`evergreen-registry`, ...) as cargo built it, next to
+/// the test binary's directory (`target/<profile>/`, where the `evergreen`
+/// binary of a CLI test also is); panics when it is missing.
+pub fn daemon_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/TEST-HASH -> target/<profile>/NAME
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary is in target/<profile>/deps")
+        .join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build the daemons first (cargo build --bins; cargo test --workspace does)",
+        p.display()
+    );
+    p
+}
+
+/// Starts the daemon binary `name` (see `daemon_bin`), panicking with its
+/// stderr when it does not start.
+pub fn start(name: &str, args: &[&str], env: &[(String, String)]) -> Daemon {
+    Daemon::start(&daemon_bin(name), args, env)
+}
+
+/// A data set of the repository (`crate::dataset`) as a string, for a
+/// command line, an environment variable or a `dataset_uri`.
+pub fn dataset(name: &str) -> String {
+    crate::dataset(name).display().to_string()
+}
+
 /// A running daemon child; killed when dropped unless it already exited.
 pub struct Daemon {
     pub name: String,
@@ -97,6 +128,16 @@ impl Daemon {
     pub fn start(bin: &Path, args: &[&str], env: &[(String, String)]) -> Daemon {
         spawn(bin, args, env)
             .unwrap_or_else(|(s, err)| panic!("{} did not start ({s}): {err}", bin.display()))
+    }
+
+    /// The URL clients and the other daemons reach it at, plain.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The URL clients and the other daemons reach it at, over TLS.
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
     }
 
     /// SIGTERM, then waits (at most 30 s) for the exit status.

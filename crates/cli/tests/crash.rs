@@ -8,51 +8,28 @@
 //! (`cargo test --workspace` builds them; alone, run `cargo build --bins`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use evergreen_e2e::process::{env, Daemon};
+use evergreen_e2e::process::{self, dataset, env, Daemon};
 use evergreen_proto::v1 as pb;
 use evergreen_proto::v1::registry_client::RegistryClient;
 use pb::register_version_request::Part;
 use pb::watch_response::Kind as WatchKind;
 use tonic::transport::{Channel, Endpoint};
 
-const CLI: &str = env!("CARGO_BIN_EXE_evergreen");
-
-/// A daemon binary next to the CLI's.
-fn daemon_bin(name: &str) -> PathBuf {
-    let p = Path::new(CLI).with_file_name(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: build the daemons first (cargo build --bins; cargo test --workspace does)",
-        p.display()
-    );
-    p
-}
-
-fn dataset(name: &str) -> String {
-    format!("{}/../../data/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
 /// A channel to a daemon that reconnects by itself (so it outlives a
 /// restart on the same address).
 fn channel(d: &Daemon) -> Channel {
-    Endpoint::from_shared(format!("http://{}", d.addr))
-        .unwrap()
-        .connect_lazy()
-}
-
-fn url(d: &Daemon) -> String {
-    format!("http://{}", d.addr)
+    Endpoint::from_shared(d.http_url()).unwrap().connect_lazy()
 }
 
 /// The registry binary on port 0 with its data in `dir`.
 fn registry(dir: &Path) -> Daemon {
-    Daemon::start(
-        &daemon_bin("evergreen-registry"),
+    process::start(
+        "evergreen-registry",
         &["--listen", "127.0.0.1:0"],
         &env(&[
             ("EVERGREEN_LOG", "warn".into()),
@@ -452,9 +429,14 @@ async fn registry_keeps_every_acknowledged_change_through_20_kill_9s() {
 
 /// The trainer binary on port 0, registering into `registry`.
 fn trainer(dir: &Path, registry: &Daemon) -> Daemon {
-    Daemon::start(
-        &daemon_bin("evergreen-trainer"),
-        &["--listen", "127.0.0.1:0", "--registry", &url(registry)],
+    process::start(
+        "evergreen-trainer",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--registry",
+            &registry.http_url(),
+        ],
         &env(&[
             ("EVERGREEN_LOG", "warn".into()),
             ("EVERGREEN_TRAINER__DATA_DIR", dir.display().to_string()),
@@ -602,9 +584,14 @@ async fn a_trainer_killed_mid_job_registers_nothing_and_the_job_reads_failed() {
 
 /// The server binary on port 0, following `registry`.
 fn server(registry: &Daemon) -> Daemon {
-    Daemon::start(
-        &daemon_bin("evergreen-server"),
-        &["--listen", "127.0.0.1:0", "--registry", &url(registry)],
+    process::start(
+        "evergreen-server",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--registry",
+            &registry.http_url(),
+        ],
         &env(&[
             ("EVERGREEN_LOG", "warn".into()),
             ("EVERGREEN_SERVER__METRICS_LISTEN", String::new()),
@@ -825,15 +812,15 @@ async fn a_server_killed_under_load_comes_back_with_its_models_and_the_promotion
 const PERSIST_MS: u64 = 500;
 
 fn monitor(dir: &Path, registry: &Daemon, trainer: &Daemon) -> Daemon {
-    Daemon::start(
-        &daemon_bin("evergreen-monitor"),
+    process::start(
+        "evergreen-monitor",
         &[
             "--listen",
             "127.0.0.1:0",
             "--registry",
-            &url(registry),
+            &registry.http_url(),
             "--trainer",
-            &url(trainer),
+            &trainer.http_url(),
         ],
         &env(&[
             ("EVERGREEN_LOG", "warn".into()),
@@ -1012,15 +999,15 @@ async fn a_restarted_monitor_keeps_its_windows_and_acts_once_per_breach() {
     .version;
     set_production(channel(&registry), "bc", v2).await;
     let monitor = monitor(&dir.path().join("monitor"), &registry, &trainer);
-    let server = Daemon::start(
-        &daemon_bin("evergreen-server"),
+    let server = process::start(
+        "evergreen-server",
         &[
             "--listen",
             "127.0.0.1:0",
             "--registry",
-            &url(&registry),
+            &registry.http_url(),
             "--monitor",
-            &url(&monitor),
+            &monitor.http_url(),
         ],
         &env(&[
             ("EVERGREEN_LOG", "warn".into()),

@@ -6,14 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use evergreen_e2e::process::dataset;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
 const BIN: &str = env!("CARGO_BIN_EXE_evergreen");
-
-fn dataset(name: &str) -> String {
-    format!("{}/../../data/{name}", env!("CARGO_MANIFEST_DIR"))
-}
 
 struct Stack {
     registry: String,

@@ -7,16 +7,13 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use evergreen_e2e::process::dataset;
 use tokio::net::TcpListener;
 
 const BIN: &str = env!("CARGO_BIN_EXE_evergreen");
 
 /// Rows per tumbling window: 60 rows close window #1 and leave 20 open.
 const WINDOW_ROWS: u64 = 40;
-
-fn dataset(name: &str) -> String {
-    format!("{}/../../data/{name}", env!("CARGO_MANIFEST_DIR"))
-}
 
 struct Stack {
     urls: Vec<(&'static str, String)>,

@@ -9,44 +9,16 @@
 //! The daemon binaries are the ones next to the `evergreen` binary
 //! (`cargo test --workspace` builds them; alone, run `cargo build --bins`).
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use evergreen_e2e::process::{self, env, Daemon};
+use evergreen_e2e::process::{self, dataset, env, Daemon};
 use evergreen_e2e::secure::{tokens, Secure};
 
 const CLI: &str = env!("CARGO_BIN_EXE_evergreen");
-
-/// A daemon binary next to the CLI's.
-fn daemon_bin(name: &str) -> PathBuf {
-    let p = Path::new(CLI).with_file_name(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: build the daemons first (cargo build --bins; cargo test --workspace does)",
-        p.display()
-    );
-    p
-}
-
-fn dataset(name: &str) -> String {
-    format!("{}/../../data/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Starts the daemon binary `name` (panics with its stderr when it does
-/// not start).
-fn start(name: &str, args: &[&str], env: &[(String, String)]) -> Daemon {
-    Daemon::start(&daemon_bin(name), args, env)
-}
-
-/// The URL the others and the CLI reach a daemon at.
-fn url(d: &Daemon) -> String {
-    format!("https://{}", d.addr)
-}
 
 /// The four daemons with mutual TLS and tokens.
 struct SecureStack {
@@ -94,7 +66,7 @@ fn secure_stack(server_env: &[(&str, String)]) -> SecureStack {
     let config = config_file(dir.path(), &secure);
     let config = config.to_str().unwrap();
     let data = |d: &str| dir.path().join(d).display().to_string();
-    let registry = start(
+    let registry = process::start(
         "evergreen-registry",
         &["--config", config, "--listen", "127.0.0.1:0"],
         &env(&[
@@ -107,7 +79,7 @@ fn secure_stack(server_env: &[(&str, String)]) -> SecureStack {
             ),
         ]),
     );
-    let trainer = start(
+    let trainer = process::start(
         "evergreen-trainer",
         &[
             "--config",
@@ -115,7 +87,7 @@ fn secure_stack(server_env: &[(&str, String)]) -> SecureStack {
             "--listen",
             "127.0.0.1:0",
             "--registry",
-            &url(&registry),
+            &registry.https_url(),
         ],
         &env(&[
             ("EVERGREEN_TRAINER__DATA_DIR", data("trainer")),
@@ -125,7 +97,7 @@ fn secure_stack(server_env: &[(&str, String)]) -> SecureStack {
             ),
         ]),
     );
-    let monitor = start(
+    let monitor = process::start(
         "evergreen-monitor",
         &[
             "--config",
@@ -133,9 +105,9 @@ fn secure_stack(server_env: &[(&str, String)]) -> SecureStack {
             "--listen",
             "127.0.0.1:0",
             "--registry",
-            &url(&registry),
+            &registry.https_url(),
             "--trainer",
-            &url(&trainer),
+            &trainer.https_url(),
         ],
         &env(&[
             ("EVERGREEN_MONITOR__DATA_DIR", data("monitor")),
@@ -157,7 +129,7 @@ fn secure_stack(server_env: &[(&str, String)]) -> SecureStack {
         ),
     ]);
     senv.extend(env(server_env));
-    let server = start(
+    let server = process::start(
         "evergreen-server",
         &[
             "--config",
@@ -165,9 +137,9 @@ fn secure_stack(server_env: &[(&str, String)]) -> SecureStack {
             "--listen",
             "127.0.0.1:0",
             "--registry",
-            &url(&registry),
+            &registry.https_url(),
             "--monitor",
-            &url(&monitor),
+            &monitor.https_url(),
         ],
         &senv,
     );
@@ -192,10 +164,10 @@ impl SecureStack {
         cmd.args(args)
             .env_remove("EVERGREEN_TOKEN")
             .env_remove("EVERGREEN_TOKEN_FILE")
-            .env("EVERGREEN_REGISTRY_URL", url(&self.registry))
-            .env("EVERGREEN_TRAINER_URL", url(&self.trainer))
-            .env("EVERGREEN_SERVER_URL", url(&self.server))
-            .env("EVERGREEN_MONITOR_URL", url(&self.monitor))
+            .env("EVERGREEN_REGISTRY_URL", self.registry.https_url())
+            .env("EVERGREEN_TRAINER_URL", self.trainer.https_url())
+            .env("EVERGREEN_SERVER_URL", self.server.https_url())
+            .env("EVERGREEN_MONITOR_URL", self.monitor.https_url())
             .env("EVERGREEN_CA", &self.secure.pki.ca)
             .env("EVERGREEN_CERT", &self.secure.pki.client_cert)
             .env("EVERGREEN_KEY", &self.secure.pki.client_key)
@@ -306,7 +278,7 @@ fn roles_through_the_cli_against_the_real_binaries_with_mutual_tls_and_tokens() 
     let out = Command::new(CLI)
         .args(["models", "list"])
         .env("EVERGREEN_TOKEN", tokens::READER)
-        .env("EVERGREEN_REGISTRY_URL", url(&s.registry))
+        .env("EVERGREEN_REGISTRY_URL", s.registry.https_url())
         .env("EVERGREEN_CA", &s.secure.pki.ca)
         .env("EVERGREEN_CERT", &s.secure.pki.client_cert)
         .env("EVERGREEN_KEY", &s.secure.pki.client_key)
@@ -403,7 +375,7 @@ fn roles_through_the_cli_against_the_real_binaries_with_mutual_tls_and_tokens() 
     // without the CA the daemon is not trusted.
     let out = Command::new(CLI)
         .args(["--token", tokens::ADMIN, "models", "list"])
-        .env("EVERGREEN_REGISTRY_URL", url(&s.registry))
+        .env("EVERGREEN_REGISTRY_URL", s.registry.https_url())
         .env("EVERGREEN_CA", &s.secure.pki.ca)
         .output()
         .unwrap();
@@ -420,7 +392,7 @@ fn roles_through_the_cli_against_the_real_binaries_with_mutual_tls_and_tokens() 
     );
     let out = Command::new(CLI)
         .args(["--token", tokens::ADMIN, "models", "list"])
-        .env("EVERGREEN_REGISTRY_URL", url(&s.registry))
+        .env("EVERGREEN_REGISTRY_URL", s.registry.https_url())
         .env("EVERGREEN_CERT", &s.secure.pki.client_cert)
         .env("EVERGREEN_KEY", &s.secure.pki.client_key)
         .output()
@@ -479,7 +451,7 @@ fn start_up_refusals_exit_2_with_one_line_naming_the_key() {
     let refused = |args: &[&str], extra: &[(&str, String)]| -> String {
         let mut e = base.clone();
         e.extend(env(extra));
-        process::refused(&daemon_bin("evergreen-registry"), args, &e, 2)
+        process::refused(&process::daemon_bin("evergreen-registry"), args, &e, 2)
     };
 
     // A public address without auth.
@@ -561,7 +533,7 @@ fn start_up_refusals_exit_2_with_one_line_naming_the_key() {
         dir.path().join("insecure").display().to_string(),
     ));
     let mut d = process::spawn(
-        &daemon_bin("evergreen-registry"),
+        &process::daemon_bin("evergreen-registry"),
         &["--listen", "0.0.0.0:0", "--insecure"],
         &e,
     )
@@ -631,7 +603,7 @@ fn sigterm_under_load(s: &mut SecureStack) -> LoadReport {
         named: Default::default(),
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let url = url(&s.server);
+    let url = s.server.https_url();
     let client = s.secure.client(tokens::READER);
     let sigterm_sent = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));

@@ -3,13 +3,10 @@
 
 use std::process::Command;
 
+use evergreen_e2e::process::dataset;
 use tokio::net::TcpListener;
 
 const BIN: &str = env!("CARGO_BIN_EXE_evergreen");
-
-fn dataset(name: &str) -> String {
-    format!("{}/../../data/{name}", env!("CARGO_MANIFEST_DIR"))
-}
 
 struct Stack {
     registry: String,
