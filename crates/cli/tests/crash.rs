@@ -878,8 +878,18 @@ struct MonitorStack {
     _trainer: Daemon,
 }
 
+/// How a round stops the monitor before starting it again.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    /// SIGTERM: it must exit 0.
+    Term,
+    /// SIGKILL: no drain, no flush.
+    Kill9,
+}
+
 impl MonitorStack {
-    async fn report(&self, version: u64) -> pb::Report {
+    /// The Long report of `bc/version`.
+    async fn try_report(&self, version: u64) -> Result<pb::Report, tonic::Status> {
         pb::monitor_client::MonitorClient::new(channel(&self.monitor))
             .get_report(pb::GetReportRequest {
                 model: "bc".into(),
@@ -887,22 +897,55 @@ impl MonitorStack {
                 window: pb::WindowKind::Long as i32,
             })
             .await
-            .unwrap()
-            .into_inner()
+            .map(|r| r.into_inner())
+    }
+
+    async fn report(&self, version: u64) -> pb::Report {
+        self.try_report(version).await.unwrap()
     }
 
     /// Rows of `version` the monitor holds (0 before the first).
     async fn rows(&self, version: u64) -> u64 {
-        pb::monitor_client::MonitorClient::new(channel(&self.monitor))
-            .get_report(pb::GetReportRequest {
-                model: "bc".into(),
-                version,
-                window: pb::WindowKind::Long as i32,
-            })
+        self.try_report(version)
             .await
             .ok()
-            .and_then(|r| r.into_inner().drift)
+            .and_then(|r| r.drift)
             .map_or(0, |d| d.rows)
+    }
+
+    /// One restart round: stops the monitor (`how`), starts it again on
+    /// its address and data dir, and checks that `bc/version`'s report is
+    /// what it was before the stop — rows and drift, performance, closed
+    /// windows. Returns the report.
+    async fn check_round(&mut self, version: u64, how: Stop) -> pb::Report {
+        let before = self.report(version).await;
+        match how {
+            Stop::Term => assert_eq!(
+                self.monitor.terminate().code(),
+                Some(0),
+                "{}",
+                self.monitor.stderr()
+            ),
+            Stop::Kill9 => {
+                self.monitor.kill9();
+            }
+        }
+        self.monitor.restart();
+        let after = self.report(version).await;
+        assert_eq!(
+            after.drift, before.drift,
+            "{how:?}: rows and drift restored"
+        );
+        assert_eq!(
+            after.performance, before.performance,
+            "{how:?}: performance restored"
+        );
+        assert_eq!(
+            closed_windows(&after),
+            closed_windows(&before),
+            "{how:?}: closed windows restored"
+        );
+        after
     }
 
     async fn signals(&self) -> Vec<pb::Signal> {
@@ -1058,41 +1101,15 @@ async fn a_restarted_monitor_keeps_its_windows_and_acts_once_per_breach() {
     s.traffic(v1, "a", &a).await;
 
     // SIGTERM: everything comes back exactly.
-    let before = s.report(v1).await;
-    assert!(before.drift.as_ref().unwrap().rows >= 50);
-    assert_eq!(
-        s.monitor.terminate().code(),
-        Some(0),
-        "{}",
-        s.monitor.stderr()
-    );
-    s.monitor.restart();
-    let after = s.report(v1).await;
-    assert_eq!(after.drift, before.drift, "rows and drift restored");
-    assert_eq!(
-        closed_windows(&after),
-        closed_windows(&before),
-        "closed windows restored"
-    );
+    let after = s.check_round(v1, Stop::Term).await;
+    assert!(after.drift.as_ref().unwrap().rows >= 50);
 
     // kill -9, some time after the last traffic: windows older than
     // persist_ms are all there.
     let b = bc_sample(50, 50);
     s.traffic(v1, "b", &b).await;
     tokio::time::sleep(Duration::from_millis(3 * PERSIST_MS)).await;
-    let before = s.report(v1).await;
-    s.monitor.kill9();
-    s.monitor.restart();
-    let after = s.report(v1).await;
-    assert_eq!(
-        after.drift, before.drift,
-        "nothing older than persist_ms lost"
-    );
-    assert_eq!(
-        closed_windows(&after),
-        closed_windows(&before),
-        "closed windows restored"
-    );
+    s.check_round(v1, Stop::Kill9).await;
 
     // A breach: the labels say v1 is wrong on every row. RETIRE fires;
     // the monitor is killed right after (before its next periodic write).
@@ -1150,12 +1167,6 @@ async fn a_restarted_monitor_keeps_its_windows_and_acts_once_per_breach() {
     assert_eq!(actions.len(), 1, "one breach, one action: {actions:#?}");
 
     // And once more through a clean restart.
-    let before = s.report(v1).await;
-    assert_eq!(s.monitor.terminate().code(), Some(0));
-    s.monitor.restart();
-    let after = s.report(v1).await;
-    assert_eq!(after.drift, before.drift);
-    assert_eq!(after.performance, before.performance);
-    assert_eq!(closed_windows(&after), closed_windows(&before));
+    s.check_round(v1, Stop::Term).await;
     assert_eq!(s.signals().await.len(), 1);
 }
