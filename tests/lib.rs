@@ -695,9 +695,29 @@ pub fn dataset(name: &str) -> PathBuf {
 /// Helpers for building requests in tests.
 pub mod req {
     use evergreen_proto::v1::{
-        register_version_request::Part, version_ref::Selector, CreateModelRequest,
-        RegisterVersionRequest, VersionHeader, VersionRef,
+        register_version_request::Part, value, version_ref::Selector, CreateModelRequest,
+        RegisterVersionRequest, Row, Value, VersionHeader, VersionRef,
     };
+
+    /// The first row of wine.csv (class 0), by position.
+    pub const WINE_ROW: [f64; 13] = [
+        14.23, 1.71, 2.43, 15.6, 127.0, 2.8, 3.06, 0.28, 2.29, 5.64, 1.04, 3.92, 1065.0,
+    ];
+
+    /// A number as a prediction value.
+    pub fn num(x: f64) -> Value {
+        Value {
+            kind: Some(value::Kind::Number(x)),
+        }
+    }
+
+    /// A row of numbers, by position.
+    pub fn row(values: &[f64]) -> Row {
+        Row {
+            values: values.iter().map(|x| num(*x)).collect(),
+            named: Default::default(),
+        }
+    }
 
     pub fn create(name: &str) -> CreateModelRequest {
         CreateModelRequest {

@@ -103,9 +103,18 @@ async fn report(sb: &Sandbox, version: u64, window: WindowKind) -> Result<Report
 /// Polls until `f` holds (30 s at most).
 pub(crate) async fn until<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
+    f: impl FnMut() -> F,
+) -> T {
+    until_within(what, Duration::from_secs(30), f).await
+}
+
+/// Polls (every 50 ms) until `f` holds, `within` at most.
+pub(crate) async fn until_within<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    within: Duration,
     mut f: impl FnMut() -> F,
 ) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + within;
     loop {
         if let Some(t) = f().await {
             return t;

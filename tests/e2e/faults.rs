@@ -5,133 +5,33 @@
 //! uncounted, no event missed or applied twice.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use evergreen_e2e::proxy::Proxy;
 use evergreen_e2e::{metric, req, Channel, Sandbox};
 use evergreen_proto::v1::registry_client::RegistryClient;
 use evergreen_proto::v1::{
-    watch_response, ArchiveRequest, DownloadArtifactRequest, EventKind, GetModelRequest,
-    GetReportRequest, GetVersionRequest, HistoryRequest, ListModelsRequest, ListServedRequest,
-    ListSignalsRequest, RestoreRequest, SetAliasRequest, SetVersionStatusRequest, VersionStatus,
-    WatchRequest, WindowKind,
+    watch_response, ArchiveRequest, EventKind, GetModelRequest, GetReportRequest,
+    GetVersionRequest, HistoryRequest, ListModelsRequest, ListServedRequest, ListSignalsRequest,
+    RestoreRequest, SetAliasRequest, SetVersionStatusRequest, VersionStatus, WatchRequest,
+    WindowKind,
 };
 use evergreen_s3::testing::TestS3;
-use tonic::Status;
 
-use crate::server::{predict_req, serves, set_alias, train, wait_served};
+use crate::closed_loop::until_within;
+use crate::server::{serves, set_alias, train, wait_served, Answer, Load};
+use crate::trainer::download;
 
-/// One answered Predict.
-#[derive(Clone, Copy, Debug)]
-struct Answer {
-    at: Instant,
-    version: u64,
-    took: Duration,
-}
-
-/// Steady single-row Predict callers (each pausing 2 ms between calls, so
-/// a 2-core machine keeps room for the daemons' own work).
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    answers: Arc<Mutex<Vec<Answer>>>,
-    failures: Arc<Mutex<Vec<Status>>>,
-}
-
-impl Traffic {
-    async fn start(sb: &Sandbox, model: &str, workers: usize) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let answers = Arc::new(Mutex::new(Vec::new()));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = Vec::new();
-        for w in 0..workers {
-            let mut p = sb.predictor().await;
-            let (stop, answers, failures, model) = (
-                stop.clone(),
-                answers.clone(),
-                failures.clone(),
-                model.to_string(),
-            );
-            tasks.push(tokio::spawn(async move {
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    let t = Instant::now();
-                    match p.predict(predict_req(&model, &format!("w{w}-{i}"))).await {
-                        Ok(r) => answers.lock().unwrap().push(Answer {
-                            at: Instant::now(),
-                            version: r.into_inner().version,
-                            took: t.elapsed(),
-                        }),
-                        Err(s) => failures.lock().unwrap().push(s),
-                    }
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            }));
-        }
-        Traffic {
-            stop,
-            tasks,
-            answers,
-            failures,
-        }
-    }
-
-    /// Waits (at most `within`) for an answer from `version` made after
-    /// `since`; returns when it came.
-    async fn wait_version(&self, version: u64, since: Instant, within: Duration) -> Instant {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(a) = self
-                .answers
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|a| a.version == version && a.at >= since)
-            {
-                return a.at;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "version {version} did not answer within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn stop(self) -> (Vec<Answer>, Vec<Status>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        let a = self.answers.lock().unwrap().clone();
-        let f = self.failures.lock().unwrap().clone();
-        (a, f)
-    }
-}
+/// What each traffic caller pauses between calls, so a 2-core machine
+/// keeps room for the daemons' own work.
+const PACE: Duration = Duration::from_millis(2);
 
 /// The `q` quantile of what the answers took.
 fn quantile(answers: &[Answer], q: f64) -> Duration {
     let mut t: Vec<Duration> = answers.iter().map(|a| a.took).collect();
     t.sort();
     t[((t.len() - 1) as f64 * q) as usize]
-}
-
-/// Polls `f` until it holds, `within` at most.
-async fn until<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    within: Duration,
-    mut f: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(t) = f().await {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 const SWAPS: &str = r#"evergreen_server_swaps_total{model="wine",alias="production"}"#;
@@ -158,7 +58,7 @@ async fn a_registry_black_holed_for_30_s_fails_no_prediction_and_the_watch_resum
     let server = sb.server_addr.unwrap();
     let swaps_before = metric(&sb.scrape(server).await, SWAPS).unwrap_or(0.0);
 
-    let traffic = Traffic::start(&sb, "wine", 4).await;
+    let traffic = Load::start(&sb, "wine", 4, PACE).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let outage = Instant::now();
     sb.registry_proxy().black_hole();
@@ -260,10 +160,10 @@ async fn a_monitor_outage_costs_no_prediction_and_drops_are_counted() {
     wait_served(&mut p, "v1 serves", |r| serves(r, "wine", v1)).await;
     let server = sb.server_addr.unwrap();
 
-    let traffic = Traffic::start(&sb, "wine", 4).await;
+    let traffic = Load::start(&sb, "wine", 4, PACE).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let healthy_until = Instant::now();
-    until(
+    until_within(
         "the monitor counts what is served",
         Duration::from_secs(15),
         || async { (monitor_counts(&sb, v1).await.0 > 100).then_some(()) },
@@ -285,7 +185,7 @@ async fn a_monitor_outage_costs_no_prediction_and_drops_are_counted() {
         // Records made after the monitor came back reach it (more than the
         // queue and a stream's batches could have held back).
         let back = monitor_counts(&sb, v1).await.0;
-        until(
+        until_within(
             &format!("{what}: records reach the monitor again"),
             Duration::from_secs(45),
             || async { (monitor_counts(&sb, v1).await.0 > back + 3000).then_some(()) },
@@ -331,7 +231,7 @@ async fn a_monitor_outage_costs_no_prediction_and_drops_are_counted() {
     // monitor's answer, so none is lost uncounted. (Delivery is at least
     // once, so a batch whose answer was cut off may count twice: `>=`.)
     let total = answers.len() as u64;
-    let (rows, dropped, told) = until(
+    let (rows, dropped, told) = until_within(
         "every served prediction is logged or counted as dropped",
         Duration::from_secs(20),
         || async {
@@ -378,21 +278,6 @@ async fn status_of(c: &mut RegistryClient<Channel>, model: &str, v: u64) -> i32 
     .unwrap()
     .into_inner()
     .status
-}
-
-async fn download(c: &mut RegistryClient<Channel>, model: &str, v: u64) -> Vec<u8> {
-    let mut s = c
-        .download_artifact(DownloadArtifactRequest {
-            r#ref: req::version(model, v),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = s.message().await.unwrap() {
-        bytes.extend_from_slice(&chunk.data);
-    }
-    bytes
 }
 
 /// S3 fails in the middle of an archive: the connection is cut (and the
@@ -450,7 +335,7 @@ async fn s3_cut_or_reset_mid_archive_leaves_the_version_retired_and_a_retry_succ
         proxy.delay(Duration::from_millis(3));
         let before = proxy.forwarded();
         let task = tokio::spawn(archive(c.clone()));
-        until("2 MiB went up", Duration::from_secs(60), || async {
+        until_within("2 MiB went up", Duration::from_secs(60), || async {
             (proxy.forwarded() - before > 2 << 20).then_some(())
         })
         .await;
@@ -476,7 +361,10 @@ async fn s3_cut_or_reset_mid_archive_leaves_the_version_retired_and_a_retry_succ
                     status_of(&mut c, "m", v).await,
                     VersionStatus::Retired as i32
                 );
-                assert!(download(&mut c, "m", v).await == bytes, "artifact intact");
+                assert!(
+                    download(&sb, &format!("m/{v}")).await == bytes,
+                    "artifact intact"
+                );
                 assert_eq!(audited(&mut c, "m", v, EventKind::VersionArchived).await, 0);
                 assert!(!manifest.exists(), "no manifest for a failed archive");
                 // The endpoint is back: the retry archives it.
@@ -499,7 +387,7 @@ async fn s3_cut_or_reset_mid_archive_leaves_the_version_retired_and_a_retry_succ
         .await
         .unwrap();
         assert!(
-            download(&mut c, "m", v).await == bytes,
+            download(&sb, &format!("m/{v}")).await == bytes,
             "restored byte-identical"
         );
     }
@@ -637,7 +525,7 @@ async fn delays_cuts_and_resets_while_aliases_move_lose_no_event_and_apply_none_
         start,
         until_rev.clone(),
     ));
-    let traffic = Traffic::start(&sb, "wine", 2).await;
+    let traffic = Load::start(&sb, "wine", 2, PACE).await;
 
     let plan = [v2, v3, v1, v3, v2, v1, v2, v3, v1, v2, v1, v3];
     let moving = AtomicBool::new(true);
@@ -677,7 +565,7 @@ async fn delays_cuts_and_resets_while_aliases_move_lose_no_event_and_apply_none_
 
     // The server ends on the last target.
     let last = *plan.last().unwrap();
-    until(
+    until_within(
         "the server serves the last target",
         Duration::from_secs(30),
         || async {
@@ -757,8 +645,8 @@ async fn delays_cuts_and_resets_while_aliases_move_lose_no_event_and_apply_none_
         .signals;
     assert!(signals.is_empty(), "{signals:?}");
     let taken = monitor_counts(&sb, last).await.0;
-    let more = Traffic::start(&sb, "wine", 1).await;
-    until(
+    let more = Load::start(&sb, "wine", 1, PACE).await;
+    until_within(
         "records reach the monitor after the faults",
         Duration::from_secs(30),
         || async { (monitor_counts(&sb, last).await.0 > taken + 50).then_some(()) },

@@ -17,6 +17,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use evergreen_e2e::req::{num, row, WINE_ROW};
 use evergreen_e2e::secure::tokens;
 use evergreen_e2e::{dataset, req, Channel, Sandbox};
 use evergreen_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
@@ -27,37 +28,22 @@ use evergreen_proto::v1::predictor_client::PredictorClient;
 use evergreen_proto::v1::registry_client::RegistryClient;
 use evergreen_proto::v1::trainer_client::TrainerClient;
 use evergreen_proto::v1::{
-    train_event, value, CreateModelRequest, DownloadArtifactRequest, Feedback, GetJobRequest,
-    GetPolicyRequest, GetReportRequest, GetVersionRequest, HistoryRequest, JobState, LabeledRow,
-    ListJobsRequest, ListModelsRequest, ListServedRequest, ListSignalsRequest, ListVersionsRequest,
-    Policy, PredictRequest, Prediction, PredictionLog, PredictionLogBatch, RecordFeedbackRequest,
-    RegisterVersionRequest, RetrainRequest, Row, SetAliasRequest, SetPolicyRequest, TrainRequest,
-    Value, WatchRequest, WindowKind,
+    train_event, value, CreateModelRequest, Feedback, GetJobRequest, GetPolicyRequest,
+    GetReportRequest, GetVersionRequest, HistoryRequest, JobState, LabeledRow, ListJobsRequest,
+    ListModelsRequest, ListSignalsRequest, ListVersionsRequest, Policy, PredictRequest, Prediction,
+    PredictionLog, PredictionLogBatch, RecordFeedbackRequest, RegisterVersionRequest,
+    RetrainRequest, Row, SetAliasRequest, SetPolicyRequest, TrainRequest, Value, WatchRequest,
+    WindowKind,
 };
-use evergreen_runtime::client::{Client, Keys};
-use evergreen_runtime::{ClientConfig, LimitsConfig};
+use evergreen_runtime::LimitsConfig;
 use tonic::{Code, Status};
 
-/// The first row of wine.csv (class 0), by position.
-const WINE_ROW: [f64; 13] = [
-    14.23, 1.71, 2.43, 15.6, 127.0, 2.8, 3.06, 0.28, 2.29, 5.64, 1.04, 3.92, 1065.0,
-];
+use crate::security::{as_role, no_token};
+use crate::server::{serves, set_alias, wait_served};
+use crate::trainer::download;
 
 /// Message size limit of the registry and the server in this table.
 const LIMIT: usize = 1 << 20;
-
-fn num(x: f64) -> Value {
-    Value {
-        kind: Some(value::Kind::Number(x)),
-    }
-}
-
-fn row(values: &[f64]) -> Row {
-    Row {
-        values: values.iter().map(|x| num(*x)).collect(),
-        named: Default::default(),
-    }
-}
 
 fn wine_with(i: usize, v: Value) -> Row {
     let mut r = row(&WINE_ROW);
@@ -197,22 +183,11 @@ fn url(sb: &Sandbox, d: Daemon) -> String {
 
 /// A channel holding `token` (with the CA and client certificate); "" = none.
 async fn as_token(sb: &Sandbox, url: &str, token: &str) -> Channel {
-    let client = if token.is_empty() {
-        let pki = &sb.secure().pki;
-        Client::new(
-            &ClientConfig {
-                ca: pki.ca.clone(),
-                cert: pki.client_cert.clone(),
-                key: pki.client_key.clone(),
-                ..Default::default()
-            },
-            &Keys::Flags,
-        )
-        .unwrap()
+    if token.is_empty() {
+        no_token(sb, url).await
     } else {
-        sb.secure().client(token)
-    };
-    client.connect("url", url).await.expect("connect")
+        as_role(sb, url, token).await
+    }
 }
 
 fn code_named(name: &str) -> Code {
@@ -492,23 +467,6 @@ async fn all_serving(sb: &Sandbox, what: &str, served: &mut u64) {
     }
 }
 
-async fn download(sb: &Sandbox, spec: &str) -> Vec<u8> {
-    let mut s = sb
-        .registry()
-        .await
-        .download_artifact(DownloadArtifactRequest {
-            r#ref: req::spec(spec),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut bytes = Vec::new();
-    while let Some(c) = s.message().await.unwrap() {
-        bytes.extend_from_slice(&c.data);
-    }
-    bytes
-}
-
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap();
@@ -559,26 +517,9 @@ async fn hostile_inputs_get_the_right_code_and_message_and_change_nothing() {
     .await
     .unwrap();
     assert_eq!(trained, "trained version 1");
-    sb.registry()
-        .await
-        .set_alias(SetAliasRequest {
-            model: "wine".into(),
-            alias: "production".into(),
-            version: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    set_alias(&sb, "wine", 1).await;
     let mut p = sb.predictor().await;
-    while !p
-        .list_served(ListServedRequest {})
-        .await
-        .is_ok_and(|r| r.into_inner().models.iter().any(|m| m.model == "wine"))
-    {
-        assert!(Instant::now() < deadline, "wine/1 never served");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_served(&mut p, "wine/1 serves", |r| serves(r, "wine", 1)).await;
     let mut served = 0;
     all_serving(&sb, "setup", &mut served).await;
 

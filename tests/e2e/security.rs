@@ -25,7 +25,7 @@ const MODEL: &str = "sec";
 
 /// A channel to `url` as the holder of `token` (with the CA and the client
 /// certificate).
-async fn as_role(sb: &Sandbox, url: &str, token: &str) -> Channel {
+pub(crate) async fn as_role(sb: &Sandbox, url: &str, token: &str) -> Channel {
     sb.secure()
         .client(token)
         .connect("url", url)
@@ -34,7 +34,7 @@ async fn as_role(sb: &Sandbox, url: &str, token: &str) -> Channel {
 }
 
 /// A client with the CA and the client certificate but no token.
-async fn no_token(sb: &Sandbox, url: &str) -> Channel {
+pub(crate) async fn no_token(sb: &Sandbox, url: &str) -> Channel {
     let pki = &sb.secure().pki;
     Client::new(
         &ClientConfig {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use evergreen_e2e::req::{row, WINE_ROW};
 use evergreen_e2e::Channel;
 use evergreen_e2e::{dataset, monitor, req, Sandbox};
 use evergreen_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
@@ -22,23 +23,6 @@ use evergreen_proto::v1::{
     TrafficPolicy, TrainRequest, Value, VersionStatus, VersionWeight,
 };
 use tonic::{Code, Status};
-
-/// The first row of wine.csv (class 0), by position.
-const WINE_ROW: [f64; 13] = [
-    14.23, 1.71, 2.43, 15.6, 127.0, 2.8, 3.06, 0.28, 2.29, 5.64, 1.04, 3.92, 1065.0,
-];
-
-fn row(values: &[f64]) -> Row {
-    Row {
-        values: values
-            .iter()
-            .map(|x| Value {
-                kind: Some(value::Kind::Number(*x)),
-            })
-            .collect(),
-        named: Default::default(),
-    }
-}
 
 pub(crate) fn predict_req(model: &str, id: &str) -> PredictRequest {
     PredictRequest {
@@ -126,16 +110,27 @@ pub(crate) fn serves(r: &ListServedResponse, model: &str, version: u64) -> bool 
         })
 }
 
+/// One answered Predict.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Answer {
+    pub(crate) at: Instant,
+    pub(crate) version: u64,
+    pub(crate) took: Duration,
+}
+
 /// Concurrent single-row Predict callers, recording every answer.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    answers: Arc<Mutex<Vec<(Instant, u64)>>>,
+    answers: Arc<Mutex<Vec<Answer>>>,
     failures: Arc<Mutex<Vec<Status>>>,
 }
 
 impl Load {
-    async fn start(sb: &Sandbox, model: &str, workers: usize) -> Load {
+    /// `workers` callers of `model`, each pausing `pause` between calls
+    /// (zero: back to back; a few ms keep room on a 2-core machine for
+    /// the daemons' own work).
+    pub(crate) async fn start(sb: &Sandbox, model: &str, workers: usize, pause: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let answers = Arc::new(Mutex::new(Vec::new()));
         let failures = Arc::new(Mutex::new(Vec::new()));
@@ -152,12 +147,17 @@ impl Load {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
+                    let t = Instant::now();
                     match p.predict(predict_req(&model, &format!("w{w}-{i}"))).await {
-                        Ok(r) => answers
-                            .lock()
-                            .unwrap()
-                            .push((Instant::now(), r.into_inner().version)),
+                        Ok(r) => answers.lock().unwrap().push(Answer {
+                            at: Instant::now(),
+                            version: r.into_inner().version,
+                            took: t.elapsed(),
+                        }),
                         Err(s) => failures.lock().unwrap().push(s),
+                    }
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
                     }
                 }
             }));
@@ -170,7 +170,34 @@ impl Load {
         }
     }
 
-    async fn stop(self) -> (Vec<(Instant, u64)>, Vec<Status>) {
+    /// Waits (at most `within`) for an answer from `version` made after
+    /// `since`; returns when it came.
+    pub(crate) async fn wait_version(
+        &self,
+        version: u64,
+        since: Instant,
+        within: Duration,
+    ) -> Instant {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(a) = self
+                .answers
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|a| a.version == version && a.at >= since)
+            {
+                return a.at;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "version {version} did not answer within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    pub(crate) async fn stop(self) -> (Vec<Answer>, Vec<Status>) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
             t.await.unwrap();
@@ -178,27 +205,6 @@ impl Load {
         let a = self.answers.lock().unwrap().clone();
         let f = self.failures.lock().unwrap().clone();
         (a, f)
-    }
-}
-
-async fn wait_answer_from(load: &Load, version: u64, since: Instant) -> Instant {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(t) = load
-            .answers
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(t, v)| *v == version && *t >= since)
-            .map(|(t, _)| *t)
-        {
-            return t;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no answer from version {version}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -221,11 +227,13 @@ async fn promotion_hot_swaps_under_load_with_zero_failed_requests() {
     assert_eq!(first.request_id, "x");
 
     let v2 = train(&sb, "wine", "logistic_regression", 2, false).await;
-    let load = Load::start(&sb, "wine", 8).await;
+    let load = Load::start(&sb, "wine", 8, Duration::ZERO).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let promoted_at = Instant::now();
     set_alias(&sb, "wine", v2).await;
-    let switched = wait_answer_from(&load, v2, promoted_at).await;
+    let switched = load
+        .wait_version(v2, promoted_at, Duration::from_secs(10))
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (answers, failures) = load.stop().await;
     assert!(
@@ -240,7 +248,7 @@ async fn promotion_hot_swaps_under_load_with_zero_failed_requests() {
     // Once v2 answered, every request that started later is v2's.
     let late_v1 = answers
         .iter()
-        .filter(|(t, v)| *v == v1 && *t > switched + Duration::from_millis(50))
+        .filter(|a| a.version == v1 && a.at > switched + Duration::from_millis(50))
         .count();
     assert_eq!(late_v1, 0, "v1 still answered well after the swap");
     eprintln!("promotion → first v2 answer: {:?}", switched - promoted_at);
@@ -260,19 +268,20 @@ async fn a_registry_outage_fails_no_prediction_and_later_promotions_are_picked_u
     let v2 = train(&sb, "wine", "decision_tree", 2, false).await;
     let mut p = sb.predictor().await;
     wait_served(&mut p, "v1 serves", |r| serves(r, "wine", v1)).await;
-    let load = Load::start(&sb, "wine", 4).await;
+    let load = Load::start(&sb, "wine", 4, Duration::ZERO).await;
     sb.stop_registry().await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     sb.start_registry().await;
     let promoted_at = Instant::now();
     set_alias(&sb, "wine", v2).await;
-    wait_answer_from(&load, v2, promoted_at).await;
+    load.wait_version(v2, promoted_at, Duration::from_secs(10))
+        .await;
     let (answers, failures) = load.stop().await;
     assert!(
         failures.is_empty(),
         "failed predictions during the outage: {failures:?}"
     );
-    assert!(answers.iter().any(|(_, v)| *v == v1) && answers.iter().any(|(_, v)| *v == v2));
+    assert!(answers.iter().any(|a| a.version == v1) && answers.iter().any(|a| a.version == v2));
 }
 
 async fn v2_client(sb: &Sandbox) -> GrpcInferenceServiceClient<Channel> {

@@ -51,7 +51,8 @@ async fn train(
     panic!("stream ended without a result")
 }
 
-async fn download(sb: &Sandbox, spec: &str) -> Vec<u8> {
+/// The artifact of `spec` ("model/version", "model@alias"), downloaded.
+pub(crate) async fn download(sb: &Sandbox, spec: &str) -> Vec<u8> {
     let mut c = sb.registry().await;
     let mut s = c
         .download_artifact(DownloadArtifactRequest {
