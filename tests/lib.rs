@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod hostile;
 pub mod process;
 pub mod proxy;
 pub mod secure;
@@ -683,6 +684,23 @@ pub mod monitor {
         });
         (addr, received)
     }
+}
+
+/// Trains through the trainer's Train stream, following it to its end;
+/// returns the version the job registered (asserted > 0).
+pub async fn train_version(
+    t: &mut TrainerClient<Channel>,
+    r: evergreen_proto::v1::TrainRequest,
+) -> u64 {
+    let mut s = t.train(r).await.unwrap().into_inner();
+    let mut version = 0;
+    while let Some(ev) = s.message().await.unwrap() {
+        if let Some(evergreen_proto::v1::train_event::Kind::Done(j)) = ev.kind {
+            version = j.version;
+        }
+    }
+    assert!(version > 0, "the job registered a version");
+    version
 }
 
 /// A dataset that ships in the repository (`data/`).

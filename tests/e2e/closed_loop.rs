@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use evergreen_e2e::{dataset, metric, Sandbox};
 use evergreen_proto::v1::{
-    train_event, value, Feedback, GetModelRequest, GetReportRequest, HistoryRequest,
-    ListSignalsRequest, Policy, PredictRequest, RecordFeedbackRequest, Report, Row,
-    SetAliasRequest, SetPolicyRequest, Signal, SignalKind, TrainRequest, Value, WindowKind,
+    value, Feedback, GetModelRequest, GetReportRequest, HistoryRequest, ListSignalsRequest, Policy,
+    PredictRequest, RecordFeedbackRequest, Report, Row, SetAliasRequest, SetPolicyRequest, Signal,
+    SignalKind, TrainRequest, Value, WindowKind,
 };
 use tonic::Code;
 
@@ -54,27 +54,15 @@ pub(crate) fn to_row(x: &[f64]) -> Row {
 
 /// Trains a depth-5 decision tree of `model` on `path`; returns its version.
 pub(crate) async fn train(sb: &Sandbox, model: &str, path: &std::path::Path) -> u64 {
-    let mut t = sb.trainer().await;
-    let mut s = t
-        .train(TrainRequest {
-            model: model.into(),
-            dataset_uri: path.display().to_string(),
-            target: "target".into(),
-            algorithm: "decision_tree".into(),
-            params: [("max_depth".to_string(), "5".to_string())].into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut version = 0;
-    while let Some(ev) = s.message().await.unwrap() {
-        if let Some(train_event::Kind::Done(j)) = ev.kind {
-            version = j.version;
-        }
-    }
-    assert!(version > 0);
-    version
+    let request = TrainRequest {
+        model: model.into(),
+        dataset_uri: path.display().to_string(),
+        target: "target".into(),
+        algorithm: "decision_tree".into(),
+        params: [("max_depth".to_string(), "5".to_string())].into(),
+        ..Default::default()
+    };
+    evergreen_e2e::train_version(&mut sb.trainer().await, request).await
 }
 
 async fn production(sb: &Sandbox) -> Option<u64> {

@@ -17,6 +17,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use evergreen_e2e::hostile::{train_request, wine_in_production, Table};
 use evergreen_e2e::req::{num, row, WINE_ROW};
 use evergreen_e2e::secure::tokens;
 use evergreen_e2e::{dataset, req, Channel, Sandbox};
@@ -28,18 +29,15 @@ use evergreen_proto::v1::predictor_client::PredictorClient;
 use evergreen_proto::v1::registry_client::RegistryClient;
 use evergreen_proto::v1::trainer_client::TrainerClient;
 use evergreen_proto::v1::{
-    train_event, value, CreateModelRequest, Feedback, GetJobRequest, GetPolicyRequest,
-    GetReportRequest, GetVersionRequest, HistoryRequest, JobState, LabeledRow, ListJobsRequest,
-    ListModelsRequest, ListSignalsRequest, ListVersionsRequest, Policy, PredictRequest, Prediction,
-    PredictionLog, PredictionLogBatch, RecordFeedbackRequest, RegisterVersionRequest,
-    RetrainRequest, Row, SetAliasRequest, SetPolicyRequest, TrainRequest, Value, WatchRequest,
-    WindowKind,
+    train_event, value, CreateModelRequest, Feedback, GetJobRequest, GetReportRequest,
+    GetVersionRequest, JobState, LabeledRow, Policy, PredictRequest, Prediction, PredictionLog,
+    PredictionLogBatch, RecordFeedbackRequest, RegisterVersionRequest, RetrainRequest, Row,
+    SetAliasRequest, SetPolicyRequest, TrainRequest, Value, WatchRequest,
 };
 use evergreen_runtime::LimitsConfig;
 use tonic::{Code, Status};
 
 use crate::security::{as_role, no_token};
-use crate::server::{serves, set_alias, wait_served};
 use crate::trainer::download;
 
 /// Message size limit of the registry and the server in this table.
@@ -83,17 +81,6 @@ fn raw(datatype: &str, shape: Vec<i64>, bytes: Vec<u8>) -> ModelInferRequest {
     r.inputs[0].contents = None;
     r.raw_input_contents = vec![bytes];
     r
-}
-
-fn train(model: &str, csv: &Path, target: &str) -> TrainRequest {
-    TrainRequest {
-        model: model.into(),
-        dataset_uri: csv.display().to_string(),
-        target: target.into(),
-        algorithm: "decision_tree".into(),
-        params: [("max_depth".to_string(), "3".to_string())].into(),
-        ..Default::default()
-    }
 }
 
 fn policy(model: &str, f: impl FnOnce(&mut Policy)) -> SetPolicyRequest {
@@ -314,159 +301,6 @@ async fn send(sb: &Sandbox, call: Call) -> Result<String, Status> {
     }
 }
 
-/// Everything stored that a refused input must leave alone.
-#[derive(Debug, PartialEq)]
-struct Stored {
-    revision: u64,
-    models: Vec<evergreen_proto::v1::Model>,
-    versions: Vec<Vec<evergreen_proto::v1::ModelVersion>>,
-    history: Vec<Vec<evergreen_proto::v1::Event>>,
-    /// Jobs that did not fail: (id, state, version).
-    jobs: Vec<(String, i32, u64)>,
-    /// The monitor: rows and labels counted for wine/1, signals, policy.
-    monitor_rows: u64,
-    monitor_labeled: u64,
-    signals: Vec<evergreen_proto::v1::Signal>,
-    policy: Policy,
-}
-
-async fn stored(sb: &Sandbox) -> Stored {
-    let mut r = sb.registry().await;
-    let list = r
-        .list_models(ListModelsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let mut versions = Vec::new();
-    let mut history = Vec::new();
-    for m in &list.models {
-        versions.push(
-            r.list_versions(ListVersionsRequest {
-                model: m.name.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .versions,
-        );
-        history.push(
-            r.history(HistoryRequest {
-                model: m.name.clone(),
-                limit: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .entries,
-        );
-    }
-    let jobs = sb
-        .trainer()
-        .await
-        .list_jobs(ListJobsRequest {
-            model: String::new(),
-            limit: 1000,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs
-        .into_iter()
-        .filter(|j| j.state != JobState::Failed as i32)
-        .map(|j| (j.id, j.state, j.version))
-        .collect();
-    let mut m = sb.monitor().await;
-    let report = m
-        .get_report(GetReportRequest {
-            model: "wine".into(),
-            version: 1,
-            window: WindowKind::Long as i32,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    Stored {
-        revision: list.revision,
-        models: list.models,
-        versions,
-        history,
-        jobs,
-        monitor_rows: report.drift.map_or(0, |d| d.rows),
-        monitor_labeled: report.performance.map_or(0, |p| p.labeled),
-        signals: m
-            .list_signals(ListSignalsRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .signals,
-        policy: m
-            .get_policy(GetPolicyRequest {
-                model: "wine".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner(),
-    }
-}
-
-/// Every daemon is running and answers a real call; the server's
-/// prediction reaches the monitor (`served` predictions counted in all).
-async fn all_serving(sb: &Sandbox, what: &str, served: &mut u64) {
-    assert!(sb.is_running(), "{what}: the registry stopped");
-    assert!(sb.trainer_running(), "{what}: the trainer stopped");
-    assert!(sb.server_running(), "{what}: the server stopped");
-    assert!(sb.monitor_running(), "{what}: the monitor stopped");
-    sb.registry()
-        .await
-        .list_models(ListModelsRequest {})
-        .await
-        .unwrap_or_else(|e| panic!("{what}: registry: {e:?}"));
-    sb.trainer()
-        .await
-        .list_jobs(ListJobsRequest::default())
-        .await
-        .unwrap_or_else(|e| panic!("{what}: trainer: {e:?}"));
-    let p = sb
-        .predictor()
-        .await
-        .predict(predict("wine", vec![row(&WINE_ROW)]))
-        .await
-        .unwrap_or_else(|e| panic!("{what}: server: {e:?}"))
-        .into_inner();
-    assert_eq!((p.version, p.predictions.len()), (1, 1), "{what}");
-    *served += 1;
-    // The monitor counts it (and nothing else): wait for exactly `served`.
-    let mut m = sb.monitor().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let rows = match m
-            .get_report(GetReportRequest {
-                model: "wine".into(),
-                version: 1,
-                window: WindowKind::Long as i32,
-            })
-            .await
-        {
-            Ok(r) => r.into_inner().drift.map_or(0, |d| d.rows),
-            // Before the first prediction arrives.
-            Err(e) if e.code() == Code::NotFound && *served == 1 => 0,
-            Err(e) => panic!("{what}: monitor: {e:?}"),
-        };
-        assert!(
-            rows <= *served,
-            "{what}: the monitor counted {rows} rows for {served} predictions"
-        );
-        if rows == *served {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: the monitor never counted prediction {served}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap();
@@ -510,18 +344,8 @@ async fn hostile_inputs_get_the_right_code_and_message_and_change_nothing() {
 
     // wine/1 in production, served, seen by the monitor.
     let data = tempfile::tempdir().unwrap();
-    let trained = send(
-        &sb,
-        Call::Train(train("wine", &dataset("wine.csv"), "target")),
-    )
-    .await
-    .unwrap();
-    assert_eq!(trained, "trained version 1");
-    set_alias(&sb, "wine", 1).await;
-    let mut p = sb.predictor().await;
-    wait_served(&mut p, "wine/1 serves", |r| serves(r, "wine", 1)).await;
-    let mut served = 0;
-    all_serving(&sb, "setup", &mut served).await;
+    wine_in_production(&sb).await;
+    let mut table = Table::new(&sb).await;
 
     // "broken": a truncated artifact, one of a future format, and bytes
     // that are no model at all (the registry stores artifacts opaquely).
@@ -707,43 +531,43 @@ async fn hostile_inputs_get_the_right_code_and_message_and_change_nothing() {
         // --- trainer ---
         case(
             "CSV: ragged row",
-            Call::Train(train("csv", &ragged, "target")),
+            Call::Train(train_request("csv", &ragged, "target")),
             Code::InvalidArgument,
             "line 4: expected 3 fields (as in the header), found 2",
         ),
         case(
             "CSV: a value that is not UTF-8",
-            Call::Train(train("csv", &bad_utf8, "target")),
+            Call::Train(train_request("csv", &bad_utf8, "target")),
             Code::InvalidArgument,
             "line 4: column b: value is not valid UTF-8",
         ),
         case(
             "CSV: UTF-16 with a byte-order mark",
-            Call::Train(train("csv", &utf16, "target")),
+            Call::Train(train_request("csv", &utf16, "target")),
             Code::InvalidArgument,
             "header is not valid UTF-8",
         ),
         case(
             "CSV: only a UTF-8 byte-order mark",
-            Call::Train(train("csv", &empty, "target")),
+            Call::Train(train_request("csv", &empty, "target")),
             Code::InvalidArgument,
             "the file is empty",
         ),
         case(
             "CSV: a million columns, target missing",
-            Call::Train(train("csv", &wide, "label")),
+            Call::Train(train_request("csv", &wide, "label")),
             Code::InvalidArgument,
             "target column \"label\" is not in",
         ),
         case(
             "CSV: a million columns, a short row",
-            Call::Train(train("csv", &wide, "target")),
+            Call::Train(train_request("csv", &wide, "target")),
             Code::InvalidArgument,
             "line 2: expected 1000001 fields (as in the header), found 3",
         ),
         case(
             "train: path-like model name",
-            Call::Train(train("../x", &dataset("wine.csv"), "target")),
+            Call::Train(train_request("../x", &dataset("wine.csv"), "target")),
             Code::InvalidArgument,
             "invalid model name \"../x\"",
         ),
@@ -751,7 +575,7 @@ async fn hostile_inputs_get_the_right_code_and_message_and_change_nothing() {
             "train: NaN test fraction",
             Call::Train(TrainRequest {
                 test_fraction: f64::NAN,
-                ..train("csv", &dataset("wine.csv"), "target")
+                ..train_request("csv", &dataset("wine.csv"), "target")
             }),
             Code::InvalidArgument,
             "test_fraction",
@@ -1091,7 +915,7 @@ async fn hostile_inputs_get_the_right_code_and_message_and_change_nothing() {
             "reader token on training",
             Call::As(
                 tokens::READER,
-                Box::new(Call::Train(train("wine", &dataset("wine.csv"), "target"))),
+                Box::new(Call::Train(train_request("wine", &dataset("wine.csv"), "target"))),
             ),
             Code::PermissionDenied,
             "",
@@ -1107,43 +931,44 @@ async fn hostile_inputs_get_the_right_code_and_message_and_change_nothing() {
         ),
     ];
     assert!(cases.len() >= 30);
-    let mut failures = Vec::new();
+    let sb = &sb;
     for c in cases {
-        let daemon = c.call.daemon();
-        let before = stored(&sb).await;
-        let started = Instant::now();
-        let outcome = tokio::time::timeout(Duration::from_secs(60), send(&sb, c.call))
-            .await
-            .unwrap_or_else(|_| Err(Status::deadline_exceeded("the call took over 60 s")));
-        let (code, message) = match &outcome {
-            Ok(answer) => (Code::Ok, answer.clone()),
-            Err(s) => (s.code(), s.message().to_string()),
-        };
-        eprintln!(
-            "{:?} | {} | {:?} | {} | {:?}",
-            daemon,
-            c.what,
-            code,
-            message.chars().take(200).collect::<String>(),
-            started.elapsed()
-        );
-        if code != c.code || !message.contains(&c.fragment) {
-            failures.push(format!(
-                "{}: expected {:?} containing {:?}, got {code:?} {:?}",
-                c.what,
-                c.code,
-                c.fragment,
-                message.chars().take(300).collect::<String>()
-            ));
-        }
-        if message.len() > 2000 {
-            failures.push(format!("{}: a {}-byte message", c.what, message.len()));
-        }
-        let after = stored(&sb).await;
-        if before != after {
-            failures.push(format!("{}: stored data changed", c.what));
-        }
-        all_serving(&sb, c.what, &mut served).await;
+        let what = c.what;
+        table
+            .row(what, async move {
+                let daemon = c.call.daemon();
+                let started = Instant::now();
+                let outcome = tokio::time::timeout(Duration::from_secs(60), send(sb, c.call))
+                    .await
+                    .unwrap_or_else(|_| Err(Status::deadline_exceeded("the call took over 60 s")));
+                let (code, message) = match &outcome {
+                    Ok(answer) => (Code::Ok, answer.clone()),
+                    Err(s) => (s.code(), s.message().to_string()),
+                };
+                eprintln!(
+                    "{:?} | {} | {:?} | {} | {:?}",
+                    daemon,
+                    c.what,
+                    code,
+                    message.chars().take(200).collect::<String>(),
+                    started.elapsed()
+                );
+                let mut failures = Vec::new();
+                if code != c.code || !message.contains(&c.fragment) {
+                    failures.push(format!(
+                        "{}: expected {:?} containing {:?}, got {code:?} {:?}",
+                        c.what,
+                        c.code,
+                        c.fragment,
+                        message.chars().take(300).collect::<String>()
+                    ));
+                }
+                if message.len() > 2000 {
+                    failures.push(format!("{}: a {}-byte message", c.what, message.len()));
+                }
+                failures
+            })
+            .await;
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    table.finish();
 }

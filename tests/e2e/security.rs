@@ -9,7 +9,7 @@ use evergreen_proto::v1::predictor_client::PredictorClient;
 use evergreen_proto::v1::registry_client::RegistryClient;
 use evergreen_proto::v1::trainer_client::TrainerClient;
 use evergreen_proto::v1::{
-    train_event, ArchiveRequest, DeleteModelRequest, Feedback, GetReportRequest, ListJobsRequest,
+    ArchiveRequest, DeleteModelRequest, Feedback, GetReportRequest, ListJobsRequest,
     ListModelsRequest, Policy, PredictRequest, RecordFeedbackRequest, SetAliasRequest,
     SetPolicyRequest, SetVersionStatusRequest, TrainRequest, VersionStatus, WindowKind,
 };
@@ -60,26 +60,15 @@ fn assert_denied<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, me
 /// Trains a small tree of MODEL as the `trainer` role; the trainer daemon
 /// registers it with its own token. Returns the version.
 async fn train(t: &mut TrainerClient<Channel>) -> u64 {
-    let mut s = t
-        .train(TrainRequest {
-            model: MODEL.into(),
-            dataset_uri: dataset("breast_cancer.csv").display().to_string(),
-            target: "target".into(),
-            algorithm: "decision_tree".into(),
-            params: [("max_depth".to_string(), "3".to_string())].into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut version = 0;
-    while let Some(ev) = s.message().await.unwrap() {
-        if let Some(train_event::Kind::Done(j)) = ev.kind {
-            version = j.version;
-        }
-    }
-    assert!(version > 0, "registered");
-    version
+    let request = TrainRequest {
+        model: MODEL.into(),
+        dataset_uri: dataset("breast_cancer.csv").display().to_string(),
+        target: "target".into(),
+        algorithm: "decision_tree".into(),
+        params: [("max_depth".to_string(), "3".to_string())].into(),
+        ..Default::default()
+    };
+    evergreen_e2e::train_version(t, request).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

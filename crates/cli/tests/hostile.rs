@@ -8,95 +8,14 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use evergreen_e2e::{dataset, Sandbox};
-use evergreen_proto::v1::{
-    train_event, JobState, ListJobsRequest, ListModelsRequest, ListVersionsRequest, PredictRequest,
-    Row, SetAliasRequest, TrainRequest,
-};
+use evergreen_e2e::hostile::{wine_in_production, Table};
+use evergreen_e2e::Sandbox;
 
 const BIN: &str = env!("CARGO_BIN_EXE_evergreen");
 
 const WINE_ROW: &str = "14.23,1.71,2.43,15.6,127,2.8,3.06,0.28,2.29,5.64,1.04,3.92,1065";
-
-#[derive(Debug, PartialEq)]
-struct Stored {
-    revision: u64,
-    models: Vec<evergreen_proto::v1::Model>,
-    versions: Vec<Vec<evergreen_proto::v1::ModelVersion>>,
-    jobs: Vec<(String, i32, u64)>,
-}
-
-async fn stored(sb: &Sandbox) -> Stored {
-    let mut r = sb.registry().await;
-    let list = r
-        .list_models(ListModelsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let mut versions = Vec::new();
-    for m in &list.models {
-        versions.push(
-            r.list_versions(ListVersionsRequest {
-                model: m.name.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .versions,
-        );
-    }
-    let jobs = sb
-        .trainer()
-        .await
-        .list_jobs(ListJobsRequest {
-            model: String::new(),
-            limit: 1000,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs
-        .into_iter()
-        .filter(|j| j.state != JobState::Failed as i32)
-        .map(|j| (j.id, j.state, j.version))
-        .collect();
-    Stored {
-        revision: list.revision,
-        models: list.models,
-        versions,
-        jobs,
-    }
-}
-
-/// Every daemon runs and the server answers a real prediction.
-async fn serving(sb: &Sandbox, what: &str) {
-    assert!(sb.is_running(), "{what}: registry stopped");
-    assert!(sb.trainer_running(), "{what}: trainer stopped");
-    assert!(sb.server_running(), "{what}: server stopped");
-    let row = Row {
-        values: WINE_ROW
-            .split(',')
-            .map(|x| evergreen_proto::v1::Value {
-                kind: Some(evergreen_proto::v1::value::Kind::Number(x.parse().unwrap())),
-            })
-            .collect(),
-        named: Default::default(),
-    };
-    let p = sb
-        .predictor()
-        .await
-        .predict(PredictRequest {
-            model: "wine".into(),
-            rows: vec![row],
-            request_id: String::new(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{what}: {e:?}"))
-        .into_inner();
-    assert_eq!(p.version, 1, "{what}");
-}
 
 struct Case {
     what: &'static str,
@@ -129,57 +48,8 @@ async fn hostile_command_lines_get_the_right_exit_code_and_change_nothing() {
         .server(|c| c.max_batch_rows = 50)
         .start()
         .await;
-    // wine/1 in production, served.
-    let mut s = sb
-        .trainer()
-        .await
-        .train(TrainRequest {
-            model: "wine".into(),
-            dataset_uri: dataset("wine.csv").display().to_string(),
-            target: "target".into(),
-            algorithm: "decision_tree".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(ev) = s.message().await.unwrap() {
-        if let Some(train_event::Kind::Done(j)) = ev.kind {
-            assert_eq!(j.version, 1);
-        }
-    }
-    sb.registry()
-        .await
-        .set_alias(SetAliasRequest {
-            model: "wine".into(),
-            alias: "production".into(),
-            version: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ok = sb
-            .predictor()
-            .await
-            .list_served(evergreen_proto::v1::ListServedRequest {})
-            .await
-            .is_ok_and(|r| {
-                r.into_inner().models.iter().any(|m| {
-                    m.model == "wine"
-                        && m.versions
-                            .iter()
-                            .any(|v| v.aliases.iter().any(|a| a == "production"))
-                })
-            });
-        if ok {
-            break;
-        }
-        assert!(Instant::now() < deadline, "wine never served");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    serving(&sb, "setup").await;
+    wine_in_production(&sb).await;
+    let mut table = Table::new(&sb).await;
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -366,44 +236,45 @@ async fn hostile_command_lines_get_the_right_exit_code_and_change_nothing() {
         },
     ];
     assert!(cases.len() >= 20);
-    let mut failures = Vec::new();
+    let (sb, data_dir) = (&sb, &data_dir);
     for c in cases.drain(..) {
-        let before = stored(&sb).await;
-        let mut cmd = Command::new(BIN);
-        cmd.args(&c.args)
-            .env("EVERGREEN_REGISTRY_URL", sb.registry_url())
-            .env("EVERGREEN_TRAINER_URL", sb.trainer_url())
-            .env("EVERGREEN_SERVER_URL", sb.server_url())
-            .env("EVERGREEN_MONITOR_URL", "http://127.0.0.1:1")
-            .env_remove("EVERGREEN_LOG")
-            .envs(c.env.iter().map(|(k, v)| (*k, v)));
-        let out = tokio::time::timeout(
-            Duration::from_secs(60),
-            tokio::task::spawn_blocking(move || cmd.output().unwrap()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("{}: did not exit within 60 s", c.what))
-        .unwrap();
-        let code = out.status.code().unwrap_or(-1);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        eprintln!("{} | exit {code} | {}", c.what, stderr.trim());
-        if code != c.code || !stderr.contains(c.stderr) {
-            failures.push(format!(
-                "{}: expected exit {} with {:?}, got {code}: {stderr}",
-                c.what, c.code, c.stderr
-            ));
-        }
-        // Bad configuration: one clear line (clap's usage errors are clap's).
-        if c.args.first().is_some_and(|a| a == "up") && stderr.trim().lines().count() != 1 {
-            failures.push(format!("{}: not one line: {stderr}", c.what));
-        }
-        if stored(&sb).await != before {
-            failures.push(format!("{}: stored data changed", c.what));
-        }
-        if data_dir.exists() {
-            failures.push(format!("{}: created {}", c.what, data_dir.display()));
-        }
-        serving(&sb, c.what).await;
+        table
+            .row(c.what, async move {
+                let mut cmd = Command::new(BIN);
+                cmd.args(&c.args)
+                    .env("EVERGREEN_REGISTRY_URL", sb.registry_url())
+                    .env("EVERGREEN_TRAINER_URL", sb.trainer_url())
+                    .env("EVERGREEN_SERVER_URL", sb.server_url())
+                    .env("EVERGREEN_MONITOR_URL", "http://127.0.0.1:1")
+                    .env_remove("EVERGREEN_LOG")
+                    .envs(c.env.iter().map(|(k, v)| (*k, v)));
+                let out = tokio::time::timeout(
+                    Duration::from_secs(60),
+                    tokio::task::spawn_blocking(move || cmd.output().unwrap()),
+                )
+                .await
+                .unwrap_or_else(|_| panic!("{}: did not exit within 60 s", c.what))
+                .unwrap();
+                let code = out.status.code().unwrap_or(-1);
+                let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+                eprintln!("{} | exit {code} | {}", c.what, stderr.trim());
+                let mut failures = Vec::new();
+                if code != c.code || !stderr.contains(c.stderr) {
+                    failures.push(format!(
+                        "{}: expected exit {} with {:?}, got {code}: {stderr}",
+                        c.what, c.code, c.stderr
+                    ));
+                }
+                // Bad configuration: one clear line (clap's usage errors are clap's).
+                if c.args.first().is_some_and(|a| a == "up") && stderr.trim().lines().count() != 1 {
+                    failures.push(format!("{}: not one line: {stderr}", c.what));
+                }
+                if data_dir.exists() {
+                    failures.push(format!("{}: created {}", c.what, data_dir.display()));
+                }
+                failures
+            })
+            .await;
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    table.finish();
 }
