@@ -582,21 +582,21 @@ async fn a_trainer_killed_mid_job_registers_nothing_and_the_job_reads_failed() {
 // Server: killed under predict load; a promotion while it is down
 // ---------------------------------------------------------------------
 
-/// The server binary on port 0, following `registry`.
-fn server(registry: &Daemon) -> Daemon {
-    process::start(
-        "evergreen-server",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--registry",
-            &registry.http_url(),
-        ],
-        &env(&[
-            ("EVERGREEN_LOG", "warn".into()),
-            ("EVERGREEN_SERVER__METRICS_LISTEN", String::new()),
-        ]),
-    )
+/// The server binary on port 0, following `registry`; with a monitor,
+/// shipping its prediction log there (flushed every 50 ms).
+fn server(registry: &Daemon, monitor: Option<&Daemon>) -> Daemon {
+    let registry = registry.http_url();
+    let mut args = vec!["--listen", "127.0.0.1:0", "--registry", &registry];
+    let mut vars = vec![
+        ("EVERGREEN_LOG", "warn".into()),
+        ("EVERGREEN_SERVER__METRICS_LISTEN", String::new()),
+    ];
+    let monitor = monitor.map(Daemon::http_url);
+    if let Some(m) = &monitor {
+        args.extend(["--monitor", m]);
+        vars.push(("EVERGREEN_SERVER__LOG__FLUSH_MS", "50".into()));
+    }
+    process::start("evergreen-server", &args, &env(&vars))
 }
 
 /// The first `n` rows of a data set's features (the last column is the
@@ -688,7 +688,7 @@ async fn a_server_killed_under_load_comes_back_with_its_models_and_the_promotion
     set_production(channel(&reg), "wine", 1).await;
     set_production(channel(&reg), "bc", 1).await;
 
-    let mut srv = server(&reg);
+    let mut srv = server(&reg, None);
     let wine_rows = feature_rows("wine.csv", 4);
     let bc_rows = feature_rows("breast_cancer.csv", 4);
     until("the server serves both models", 30, || async {
@@ -1042,22 +1042,7 @@ async fn a_restarted_monitor_keeps_its_windows_and_acts_once_per_breach() {
     .version;
     set_production(channel(&registry), "bc", v2).await;
     let monitor = monitor(&dir.path().join("monitor"), &registry, &trainer);
-    let server = process::start(
-        "evergreen-server",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--registry",
-            &registry.http_url(),
-            "--monitor",
-            &monitor.http_url(),
-        ],
-        &env(&[
-            ("EVERGREEN_LOG", "warn".into()),
-            ("EVERGREEN_SERVER__METRICS_LISTEN", String::new()),
-            ("EVERGREEN_SERVER__LOG__FLUSH_MS", "50".into()),
-        ]),
-    );
+    let server = server(&registry, Some(&monitor));
     let mut s = MonitorStack {
         _dir: dir,
         registry,
