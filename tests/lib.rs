@@ -68,11 +68,13 @@ type ServerTweak = Box<dyn FnOnce(&mut ServerConfig)>;
 
 type MonitorTweak = Box<dyn FnOnce(&mut evergreen_monitor::MonitorConfig)>;
 
+type TrainerTweak = Box<dyn FnOnce(&mut TrainerConfig)>;
+
 #[derive(Default)]
 pub struct SandboxBuilder {
     tweak: Option<ConfigTweak>,
     trainer: bool,
-    trainer_tweak: Option<Box<dyn FnOnce(&mut TrainerConfig)>>,
+    trainer_tweak: Option<TrainerTweak>,
     server: Option<ServerTweak>,
     monitor: Option<MonitorTweak>,
     secure: bool,

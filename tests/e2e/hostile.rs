@@ -112,7 +112,9 @@ fn log_record(features: Row, probabilities: Vec<f64>) -> PredictionLogBatch {
     }
 }
 
-/// What a row sends, and to which daemon.
+/// What a row sends, and to which daemon. (A table of about 70 rows:
+/// the size of the largest variant does not matter.)
+#[allow(clippy::large_enum_variant)]
 enum Call {
     CreateModel(CreateModelRequest),
     Register(Vec<RegisterVersionRequest>),
