@@ -13,7 +13,10 @@
 # deployer, an application's reader): hand them out, keep them out of the
 # Secret's files (they are in its `tokens` table already).
 # Rotate: run again, replace the Secret (kubectl create ... --dry-run=client
-# -o yaml | kubectl apply -f -), then roll the daemons.
+# -o yaml | kubectl apply -f -). The daemons read `tokens` again within 2 s
+# of the kubelet updating the mounted file (no restart); a line may end
+# with `expires=2027-01-31T00:00:00Z`. Roll the daemons only for their own
+# <daemon>.token files (read at start-up).
 set -euo pipefail
 
 out=${1:?usage: deploy/gen-tokens.sh OUT_DIR}

@@ -128,6 +128,8 @@ pub mod tokens {
     pub const TRAINER: &str = "trainer-token-9c2e";
     pub const DEPLOYER: &str = "deployer-token-77d0";
     pub const ADMIN: &str = "admin-token-e5a3";
+    /// A reader token whose line expired on 2020-01-01.
+    pub const EXPIRED: &str = "reader-token-expired-6a0c";
     /// Each daemon's own token, with the roles it needs to call the others.
     pub const REGISTRY_DAEMON: &str = "registry-daemon-token-01";
     pub const TRAINER_DAEMON: &str = "trainer-daemon-token-02";
@@ -142,6 +144,7 @@ pub mod tokens {
              trainer {TRAINER}\n\
              deployer {DEPLOYER}\n\
              admin {ADMIN}\n\
+             reader {EXPIRED} expires=2020-01-01T00:00:00Z\n\
              # the daemons' own tokens, least privilege:\n\
              # the registry asks the monitor for reports\n\
              reader {REGISTRY_DAEMON}\n\

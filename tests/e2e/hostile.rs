@@ -896,6 +896,15 @@ async fn hostile_inputs_get_the_right_code_and_message_and_change_nothing() {
             "",
         ),
         case(
+            "expired token",
+            Call::As(
+                tokens::EXPIRED,
+                Box::new(Call::Predict(predict("wine", vec![row(&WINE_ROW)]))),
+            ),
+            Code::Unauthenticated,
+            "bearer token expired at 2020-01-01T00:00:00Z",
+        ),
+        case(
             "no token",
             Call::As(
                 "",

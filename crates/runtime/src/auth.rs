@@ -10,8 +10,14 @@
 //! `reader`; otherwise the token must hold the role the RPC needs. A token
 //! may hold several roles (one line per role). Tokens are compared as
 //! SHA-256 digests in constant time and never logged or echoed.
+//!
+//! A line of the tokens file may end with `expires=<RFC 3339 time>`: from
+//! then on that line's role no longer counts, and a token with no live
+//! line left is refused as expired (UNAUTHENTICATED, naming the time). The
+//! file is read again when its content changes ([`AuthLayer::reload`]), so
+//! tokens are added, rotated and revoked without a restart; a file that
+//! cannot be used is logged and the tokens in force stay.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Ready;
 use std::path::Path;
@@ -19,6 +25,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use anyhow::{anyhow, bail};
+use arc_swap::ArcSwap;
 use futures::future::Either;
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
@@ -178,9 +185,33 @@ impl Roles {
     }
 }
 
+/// One line of the tokens: a token's digest, a role, and when it ends.
+struct Entry {
+    digest: [u8; 32],
+    roles: Roles,
+    /// Unix seconds from which this line no longer counts.
+    expires: Option<i64>,
+}
+
 /// The accepted tokens (SHA-256 digests) and their roles.
 pub struct Tokens {
-    entries: Vec<([u8; 32], Roles)>,
+    entries: Vec<Entry>,
+}
+
+/// What a presented token is worth now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lookup {
+    /// The roles of its live lines (empty: refused).
+    pub roles: Roles,
+    /// The latest expiry among its expired lines (`None`: no such line).
+    pub expired: Option<i64>,
+}
+
+/// A token and one of its roles, as read from config.
+struct Line {
+    role: Role,
+    token: String,
+    expires: Option<i64>,
 }
 
 impl fmt::Debug for Tokens {
@@ -197,7 +228,7 @@ impl Tokens {
     /// The tokens of `[section.auth]`; `None` when both sources are empty
     /// (auth off). Errors name the key, file and line — never the token.
     pub fn load(section: &str, auth: &AuthConfig) -> anyhow::Result<Option<Tokens>> {
-        let mut pairs: Vec<(Role, String)> = Vec::new();
+        let mut pairs: Vec<Line> = Vec::new();
         if !auth.tokens_file.as_os_str().is_empty() {
             let key = format!("{section}.auth.tokens_file");
             pairs.extend(parse_file(&key, &auth.tokens_file)?);
@@ -209,51 +240,67 @@ impl Tokens {
                 let (role, token) = item
                     .split_once(':')
                     .ok_or_else(|| anyhow!("invalid {key}: entry {} is not ROLE:TOKEN", i + 1))?;
-                pairs.push((
-                    parse_role(&key, &format!("entry {}", i + 1), role.trim())?,
-                    {
-                        check_token(&key, &format!("entry {}", i + 1), token.trim())?;
-                        token.trim().to_string()
-                    },
-                ));
+                let at = format!("entry {}", i + 1);
+                check_token(&key, &at, token.trim())?;
+                pairs.push(Line {
+                    role: parse_role(&key, &at, role.trim())?,
+                    token: token.trim().to_string(),
+                    expires: None,
+                });
             }
         }
         if pairs.is_empty() {
             if !auth.tokens_file.as_os_str().is_empty() {
                 bail!(
-                    "{section}.auth.tokens_file {} holds no token: expected lines `ROLE TOKEN`",
+                    "{section}.auth.tokens_file {} holds no token: expected lines `ROLE TOKEN [expires=TIME]`",
                     auth.tokens_file.display()
                 );
             }
             return Ok(None);
         }
-        let mut by_token: HashMap<String, Roles> = HashMap::new();
-        for (role, token) in pairs {
-            let r = by_token.entry(token).or_default();
-            *r = Roles(r.0 | role.bit());
-        }
         Ok(Some(Tokens {
-            entries: by_token
+            entries: pairs
                 .into_iter()
-                .map(|(t, r)| (digest(t.as_bytes()), r))
+                .map(|l| Entry {
+                    digest: digest(l.token.as_bytes()),
+                    roles: Roles::of(&[l.role]),
+                    expires: l.expires,
+                })
                 .collect(),
         }))
     }
 
-    /// The roles of `token` (empty when unknown). Every entry is compared,
-    /// in constant time, whatever matches.
-    pub fn roles(&self, token: &str) -> Roles {
+    /// What `token` is worth at `now` (unix seconds). Every entry is
+    /// compared, in constant time, whatever matches; whether a line has
+    /// expired depends on the line, not on the token.
+    pub fn lookup(&self, token: &str, now: i64) -> Lookup {
         let d = digest(token.as_bytes());
         let mut roles = 0u8;
-        for (e, r) in &self.entries {
-            let hit = e.ct_eq(&d);
-            roles |= u8::conditional_select(&0, &r.0, hit);
+        let mut expired = i64::MIN;
+        for e in &self.entries {
+            let hit = e.digest.ct_eq(&d);
+            let ended = e.expires.filter(|t| now >= *t);
+            let live = subtle::Choice::from(ended.is_none() as u8);
+            roles |= u8::conditional_select(&0, &e.roles.0, hit & live);
+            let at = ended.unwrap_or(i64::MIN).max(expired);
+            expired = i64::conditional_select(&expired, &at, hit & !live);
         }
-        Roles(roles)
+        Lookup {
+            roles: Roles(roles),
+            expired: (expired != i64::MIN).then_some(expired),
+        }
     }
 
+    /// The roles of `token` now (empty when unknown or expired).
+    pub fn roles(&self, token: &str) -> Roles {
+        self.lookup(token, unix_now()).roles
+    }
+
+    /// How many distinct tokens (a token may have several lines).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        let distinct: std::collections::HashSet<&[u8; 32]> =
+            self.entries.iter().map(|e| &e.digest).collect();
+        distinct.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -279,7 +326,33 @@ fn check_token(key: &str, at: &str, token: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_file(key: &str, path: &Path) -> anyhow::Result<Vec<(Role, String)>> {
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn rfc3339(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0).map_or_else(
+        || t.to_string(),
+        |d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
+}
+
+fn parse_expiry(key: &str, at: &str, s: &str) -> anyhow::Result<i64> {
+    let value = s.strip_prefix("expires=").ok_or_else(|| {
+        anyhow!("invalid {key}: {at}: expected `ROLE TOKEN` or `ROLE TOKEN expires=TIME`")
+    })?;
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|d| d.timestamp())
+        .map_err(|e| {
+            anyhow!(
+                "invalid {key}: {at}: expires={value:?} is not an RFC 3339 time ({e}); expected e.g. expires=2027-01-31T00:00:00Z"
+            )
+        })
+}
+
+fn parse_file(key: &str, path: &Path) -> anyhow::Result<Vec<Line>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow!("cannot read {key} {}: {e}", path.display()))?;
     let key = format!("{key} {}", path.display());
@@ -291,12 +364,19 @@ fn parse_file(key: &str, path: &Path) -> anyhow::Result<Vec<(Role, String)>> {
         }
         let at = format!("line {}", n + 1);
         let mut parts = line.split_whitespace();
-        let (Some(role), Some(token), None) = (parts.next(), parts.next(), parts.next()) else {
-            bail!("invalid {key}: {at}: expected `ROLE TOKEN`");
+        let (Some(role), Some(token), expires, None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            bail!("invalid {key}: {at}: expected `ROLE TOKEN` or `ROLE TOKEN expires=TIME`");
         };
         let role = parse_role(&key, &at, role)?;
         check_token(&key, &at, token)?;
-        out.push((role, token.to_string()));
+        let expires = expires.map(|e| parse_expiry(&key, &at, e)).transpose()?;
+        out.push(Line {
+            role,
+            token: token.to_string(),
+            expires,
+        });
     }
     Ok(out)
 }
@@ -326,9 +406,15 @@ pub fn check(
                 "malformed authorization header: expected `Bearer <token>`",
             )
         })?;
-    let roles = tokens.roles(token);
+    let Lookup { roles, expired } = tokens.lookup(token, unix_now());
     if roles == Roles::default() {
-        return Err(tonic::Status::unauthenticated("unknown bearer token"));
+        return Err(tonic::Status::unauthenticated(match expired {
+            Some(t) => format!(
+                "bearer token expired at {}: ask for a new token",
+                rfc3339(t)
+            ),
+            None => "unknown bearer token".to_string(),
+        }));
     }
     if roles.allow(needed) {
         return Ok(());
@@ -344,18 +430,90 @@ pub fn check(
     )))
 }
 
+/// How often [`AuthLayer::reload`] looks at the tokens file.
+pub const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The tower layer [`crate::serve`] puts in front of every service. `None`
 /// tokens = auth off (everything passes).
 #[derive(Clone, Default)]
 pub struct AuthLayer {
-    tokens: Option<Arc<Tokens>>,
+    tokens: Option<Arc<ArcSwap<Tokens>>>,
+    /// Where the tokens came from (daemon section, its `[auth]`), to read
+    /// them again.
+    source: Option<(&'static str, AuthConfig)>,
 }
 
 impl AuthLayer {
     pub fn new(tokens: Option<Tokens>) -> Self {
         Self {
-            tokens: tokens.map(Arc::new),
+            tokens: tokens.map(|t| Arc::new(ArcSwap::from_pointee(t))),
+            source: None,
         }
+    }
+
+    /// Reads the tokens file again whenever its content changes (every
+    /// [`RELOAD_EVERY`]), until the returned guard is dropped. A file
+    /// that cannot be read or used (a bad line, no token left) is logged
+    /// with the reason, and the tokens in force stay. Auth that was off at
+    /// start stays off. `None`: nothing to watch (auth off, or inline
+    /// tokens only).
+    pub fn reload(&self) -> Option<Reloading> {
+        self.reload_every(RELOAD_EVERY)
+    }
+
+    fn reload_every(&self, every: std::time::Duration) -> Option<Reloading> {
+        let tokens = self.tokens.clone()?;
+        let (section, auth) = self.source.clone()?;
+        if auth.tokens_file.as_os_str().is_empty() {
+            return None;
+        }
+        let path = auth.tokens_file.clone();
+        // What was read at start-up (now, not when the task first runs).
+        let mut seen = std::fs::read(&path).map(|b| digest(&b)).ok();
+        let task = tokio::spawn(async move {
+            let mut unreadable = false;
+            let mut interval = tokio::time::interval(every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let bytes = match std::fs::read(&path) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        if !unreadable {
+                            tracing::error!(daemon = section, file = %path.display(), error = %e, "cannot read the tokens file; the tokens in force stay");
+                        }
+                        unreadable = true;
+                        continue;
+                    }
+                };
+                unreadable = false;
+                let now = Some(digest(&bytes));
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match Tokens::load(section, &auth) {
+                    Ok(Some(t)) => {
+                        tracing::info!(daemon = section, file = %path.display(), tokens = t.len(), "tokens file changed: reloaded");
+                        tokens.store(Arc::new(t));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(daemon = section, error = %e, "tokens file changed but cannot be used; the tokens in force stay");
+                    }
+                }
+            }
+        });
+        Some(Reloading(task))
+    }
+}
+
+/// Stops [`AuthLayer::reload`]'s task when dropped.
+pub struct Reloading(tokio::task::JoinHandle<()>);
+
+impl Drop for Reloading {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -372,7 +530,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
 /// See [`AuthLayer`].
 #[derive(Clone)]
 pub struct Auth<S> {
-    tokens: Option<Arc<Tokens>>,
+    tokens: Option<Arc<ArcSwap<Tokens>>>,
     inner: S,
 }
 
@@ -395,7 +553,7 @@ where
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .map(|v| v.as_bytes());
-            if let Err(status) = check(tokens, req.uri().path(), header) {
+            if let Err(status) = check(&tokens.load(), req.uri().path(), header) {
                 return Either::Right(std::future::ready(Ok(status.into_http())));
             }
         }
@@ -414,7 +572,7 @@ pub struct Security {
 impl fmt::Debug for AuthLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.tokens {
-            Some(t) => write!(f, "AuthLayer({t:?})"),
+            Some(t) => write!(f, "AuthLayer({:?})", t.load()),
             None => f.write_str("AuthLayer(off)"),
         }
     }
@@ -439,10 +597,9 @@ impl Security {
                 section.to_uppercase()
             );
         }
-        Ok(Security {
-            tls,
-            auth: AuthLayer::new(tokens),
-        })
+        let mut auth = AuthLayer::new(tokens);
+        auth.source = Some((section, shell.auth.clone()));
+        Ok(Security { tls, auth })
     }
 }
 
@@ -603,7 +760,7 @@ mod tests {
         assert_eq!(
             e,
             format!(
-                "invalid server.auth.tokens_file {}: line 4: expected `ROLE TOKEN`",
+                "invalid server.auth.tokens_file {}: line 4: expected `ROLE TOKEN` or `ROLE TOKEN expires=TIME`",
                 f.display()
             )
         );
@@ -660,6 +817,169 @@ mod tests {
         assert!(Tokens::load("server", &AuthConfig::default())
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn expired_lines_stop_counting_and_the_refusal_names_the_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tokens");
+        std::fs::write(
+            &f,
+            "reader old expires=2020-01-01T00:00:00Z\n\
+             reader mixed\n\
+             admin mixed expires=2021-06-30T12:00:00+02:00\n\
+             deployer later expires=2999-01-01T00:00:00Z\n",
+        )
+        .unwrap();
+        let t = Tokens::load(
+            "registry",
+            &AuthConfig {
+                tokens_file: f.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .unwrap();
+        let jan_2020 = 1_577_836_800;
+        // Before its expiry a line counts; from that second on it does not.
+        assert_eq!(t.lookup("old", jan_2020 - 1).roles, Roles::of(&[Reader]));
+        assert_eq!(
+            t.lookup("old", jan_2020),
+            Lookup {
+                roles: Roles::default(),
+                expired: Some(jan_2020)
+            }
+        );
+        // An expired role goes; the live one stays.
+        assert_eq!(t.roles("mixed"), Roles::of(&[Reader]));
+        assert_eq!(t.roles("later"), Roles::of(&[Deployer]));
+        assert_eq!(t.lookup("nope", 0), Lookup::default());
+
+        let code = |path: &str, tok: &str| {
+            check(&t, path, Some(format!("Bearer {tok}").as_bytes()))
+                .map_err(|s| (s.code(), s.message().to_string()))
+        };
+        assert_eq!(
+            code("/evergreen.v1.Registry/GetModel", "old").unwrap_err(),
+            (
+                tonic::Code::Unauthenticated,
+                "bearer token expired at 2020-01-01T00:00:00Z: ask for a new token".into()
+            )
+        );
+        code("/evergreen.v1.Registry/GetModel", "mixed").unwrap();
+        assert_eq!(
+            code("/evergreen.v1.Registry/DeleteModel", "mixed")
+                .unwrap_err()
+                .0,
+            tonic::Code::PermissionDenied
+        );
+        code("/evergreen.v1.Registry/SetAlias", "later").unwrap();
+
+        // A bad expiry names the file, the line and the expected form.
+        std::fs::write(&f, "reader a\nreader sekrit expires=tomorrow\n").unwrap();
+        let e = Tokens::load(
+            "registry",
+            &AuthConfig {
+                tokens_file: f.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "invalid registry.auth.tokens_file {}: line 2: expires=\"tomorrow\" is not an RFC 3339 time",
+                f.display()
+            )),
+            "{e}"
+        );
+        assert!(
+            e.contains("expected e.g. expires=2027-01-31T00:00:00Z"),
+            "{e}"
+        );
+        assert!(!e.contains("sekrit"), "{e}");
+        std::fs::write(&f, "reader sekrit until=2027-01-01T00:00:00Z\n").unwrap();
+        let e = Tokens::load(
+            "registry",
+            &AuthConfig {
+                tokens_file: f.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.ends_with("line 1: expected `ROLE TOKEN` or `ROLE TOKEN expires=TIME`"),
+            "{e}"
+        );
+    }
+
+    /// Waits (up to 10 s) until `ok` holds.
+    async fn eventually(ok: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the change was not picked up within 10 s");
+    }
+
+    #[tokio::test]
+    async fn the_tokens_file_is_read_again_when_it_changes_and_a_bad_one_keeps_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tokens");
+        std::fs::write(&f, "reader first\n").unwrap();
+        let auth = AuthConfig {
+            tokens_file: f.clone(),
+            ..Default::default()
+        };
+        let mut layer = AuthLayer::new(Tokens::load("server", &auth).unwrap());
+        layer.source = Some(("server", auth));
+        let tokens = layer.tokens.clone().unwrap();
+        let every = std::time::Duration::from_millis(50);
+        let _reloading = layer.reload_every(every).expect("a file to watch");
+        let get = "/evergreen.v1.Registry/GetModel";
+        let allowed = |tok: &str| {
+            check(
+                &tokens.load(),
+                get,
+                Some(format!("Bearer {tok}").as_bytes()),
+            )
+            .is_ok()
+        };
+        assert!(allowed("first") && !allowed("second"));
+        let wait = || tokio::time::sleep(every * 6);
+
+        // Rotation: the new token in, the old one out, no restart.
+        std::fs::write(&f, "reader second\n").unwrap();
+        eventually(|| allowed("second") && !allowed("first")).await;
+        // A broken file (or one without tokens, or none at all) changes
+        // nothing.
+        for broken in ["reader second\nroot x\n", "# nobody\n"] {
+            std::fs::write(&f, broken).unwrap();
+            wait().await;
+            assert!(allowed("second"), "after {broken:?}");
+        }
+        std::fs::remove_file(&f).unwrap();
+        wait().await;
+        assert!(allowed("second"));
+        // Back with a revocation by expiry.
+        std::fs::write(
+            &f,
+            "reader second expires=2020-01-01T00:00:00Z\nreader third\n",
+        )
+        .unwrap();
+        eventually(|| !allowed("second") && allowed("third")).await;
+        // Inline tokens only: nothing to watch.
+        let inline = AuthConfig {
+            tokens: "reader:x".into(),
+            ..Default::default()
+        };
+        let mut layer = AuthLayer::new(Tokens::load("server", &inline).unwrap());
+        layer.source = Some(("server", inline));
+        assert!(layer.reload().is_none());
+        assert!(AuthLayer::new(None).reload().is_none());
     }
 
     #[test]

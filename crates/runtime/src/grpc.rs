@@ -38,6 +38,8 @@ pub async fn serve(
     let grpc_addr = listener.local_addr()?;
     // TLS and bearer-token auth (crate::tls, crate::auth).
     let security = crate::auth::Security::prepare(shell, grpc_addr)?;
+    // Tokens-file changes take effect while serving; stops with serve().
+    let _reloading = security.auth.reload();
     let _metrics = crate::metrics::start(shell, grpc_addr).await?;
     let drain = crate::drain::Drain::new(shell);
     let incoming = drain.incoming(TcpIncoming::from(listener).with_nodelay(Some(true)));

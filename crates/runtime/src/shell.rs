@@ -29,8 +29,10 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// File of `ROLE TOKEN` lines (`#` comments), e.g. a mounted
-    /// Kubernetes Secret. Roles: reader, trainer, deployer, admin.
+    /// File of `ROLE TOKEN [expires=RFC3339]` lines (`#` comments), e.g. a
+    /// mounted Kubernetes Secret. Roles: reader, trainer, deployer, admin.
+    /// Read again within 2 s of a change (rotation without restart); a
+    /// file that cannot be used is logged and the tokens in force stay.
     pub tokens_file: PathBuf,
     /// The same inline, `ROLE:TOKEN` pairs separated by commas (for
     /// `EVERGREEN_<DAEMON>__AUTH__TOKENS` from a Secret).
