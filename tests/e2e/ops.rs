@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use evergreen_e2e::{dataset, http_get, metric, req, Sandbox};
+use evergreen_proto::v1::registry_client::RegistryClient;
 use evergreen_proto::v1::{
     Feedback, GetReportRequest, ListVersionsRequest, PredictRequest, PredictionLog,
     PredictionLogBatch, RecordFeedbackRequest, SetAliasRequest, WatchRequest, WindowKind,
@@ -475,6 +476,69 @@ async fn long_lived_streams_beyond_max_concurrent_streams_are_resource_exhausted
         watch().await.ok()
     })
     .await;
+}
+
+/// A watcher that hangs without closing (its process frozen: the kernel
+/// still acknowledges TCP, nothing answers HTTP/2) does not keep its
+/// long-lived stream slot: the daemon's keep-alive ping goes unanswered,
+/// the connection is closed, and the slot is free for the next caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_watcher_is_found_by_keepalive_and_its_stream_slot_freed() {
+    let sb = Sandbox::builder()
+        .registry(|c| {
+            c.limits.max_concurrent_streams = 1;
+            c.limits.keepalive_seconds = 1;
+        })
+        .start()
+        .await;
+    // The watcher runs on a runtime of its own, on a thread that then
+    // blocks: its connection stays open, and nothing on it runs.
+    let url = sb.registry_url();
+    let (watching, frozen) = (
+        tokio::sync::oneshot::channel(),
+        std::sync::mpsc::channel::<()>(),
+    );
+    let watcher = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let stream = rt.block_on(async {
+            RegistryClient::connect(url)
+                .await
+                .unwrap()
+                .watch(WatchRequest::default())
+                .await
+                .map(|r| r.into_inner())
+        });
+        let _ = watching.0.send(stream.is_ok());
+        let _ = frozen.1.recv(); // until the test ends
+        drop((stream, rt));
+    });
+    assert!(watching.1.await.unwrap(), "the watch opened");
+    let direct = || async {
+        sb.registry()
+            .await
+            .watch(WatchRequest::default())
+            .await
+            .map(|r| r.into_inner())
+    };
+    assert_eq!(
+        direct().await.unwrap_err().code(),
+        Code::ResourceExhausted,
+        "the frozen watcher holds the one slot"
+    );
+
+    let t0 = std::time::Instant::now();
+    let _next = until("the slot is freed", || async { direct().await.ok() }).await;
+    let took = t0.elapsed();
+    // One ping interval plus the ping timeout (1 s each), with slack.
+    assert!(
+        took > Duration::from_millis(900) && took < Duration::from_secs(10),
+        "freed after {took:?}"
+    );
+    drop(frozen.0);
+    watcher.join().unwrap();
 }
 
 /// Health `Watch` needs no token; its streams are capped apart, so callers

@@ -65,6 +65,12 @@ pub async fn serve(
     };
     let layer = crate::rpc::RpcLayer::new(shell);
     let mut builder = Server::builder();
+    if shell.limits.keepalive_seconds > 0 {
+        let every = Duration::from_secs(shell.limits.keepalive_seconds);
+        builder = builder
+            .http2_keepalive_interval(Some(every))
+            .http2_keepalive_timeout(Some(every));
+    }
     if let Some(tls) = security.tls {
         builder = builder.tls_config(tls).context("configuring TLS")?;
     }

@@ -71,6 +71,11 @@ pub struct LimitsConfig {
     /// WatchJob) open at once on the daemon; health Watch streams (no token
     /// needed) have a cap of the same size of their own.
     pub max_concurrent_streams: u32,
+    /// Seconds between HTTP/2 pings to each client connection; a ping not
+    /// answered within as long again closes the connection and its calls,
+    /// so a client that vanished (host gone, flow dropped) frees its
+    /// long-lived stream slots. 0 = no pings.
+    pub keepalive_seconds: u64,
 }
 
 impl Default for LimitsConfig {
@@ -78,6 +83,7 @@ impl Default for LimitsConfig {
         Self {
             max_message_bytes: 64 << 20,
             max_concurrent_streams: 1024,
+            keepalive_seconds: 30,
         }
     }
 }
