@@ -454,7 +454,12 @@ impl ArtifactStore for TieredStore {
     async fn remove(&self, sha256: &str) -> Result<()> {
         self.small.remove(sha256.as_bytes())?;
 
-        self.small.flush_async().await?;
+        // Not flush_async: concurrent flush_async calls can deadlock in
+        // sled 0.34 (spacejam/sled#1308).
+        let small = self.small.clone();
+        tokio::task::spawn_blocking(move || small.flush())
+            .await
+            .map_err(|e| RegistryError::Storage(format!("flushing the artifact tree: {e}")))??;
         self.large.remove(sha256).await
     }
 }

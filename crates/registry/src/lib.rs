@@ -145,6 +145,8 @@ pub async fn run(
     }
     drop(registry);
     store.close();
+    evergreen_runtime::close_within("registry database", store, evergreen_runtime::CLOSE_WITHIN)
+        .await;
     tracing::info!("registry stopped");
     served
 }

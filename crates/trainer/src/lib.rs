@@ -83,7 +83,8 @@ pub async fn run(
     while std::sync::Arc::strong_count(&jobs) > 1 && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    drop(jobs);
+    evergreen_runtime::close_within("trainer database", jobs, evergreen_runtime::CLOSE_WITHIN)
+        .await;
     tracing::info!("trainer stopped");
     served
 }
