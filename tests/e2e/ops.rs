@@ -6,8 +6,9 @@ use std::time::Duration;
 use evergreen_e2e::{dataset, http_get, metric, req, Sandbox};
 use evergreen_proto::v1::registry_client::RegistryClient;
 use evergreen_proto::v1::{
-    Feedback, GetReportRequest, ListVersionsRequest, PredictRequest, PredictionLog,
-    PredictionLogBatch, RecordFeedbackRequest, SetAliasRequest, WatchRequest, WindowKind,
+    Feedback, GetReportRequest, ListModelsRequest, ListVersionsRequest, PredictRequest,
+    PredictionLog, PredictionLogBatch, RecordFeedbackRequest, SetAliasRequest, WatchRequest,
+    WindowKind,
 };
 use tonic::Code;
 
@@ -474,6 +475,59 @@ async fn long_lived_streams_beyond_max_concurrent_streams_are_resource_exhausted
     drop(w1);
     until("a watch slot is free again", || async {
         watch().await.ok()
+    })
+    .await;
+}
+
+/// Beyond `limits.max_connections`, a new connection is closed at once
+/// (UNAVAILABLE for its caller); the open ones keep working, and a slot
+/// freed by a client that leaves is taken by the next.
+#[tokio::test]
+async fn connections_beyond_max_connections_are_refused_and_open_ones_keep_working() {
+    let sb = Sandbox::builder()
+        .registry(|c| c.limits.max_connections = 2)
+        .start()
+        .await;
+    // A connection of its own for each client.
+    let dial = || async {
+        tonic::transport::Endpoint::from_shared(sb.registry_url())
+            .unwrap()
+            .connect()
+            .await
+            .map(RegistryClient::new)
+            .map_err(|e| format!("connect: {e}"))
+    };
+    let list = |mut c: RegistryClient<tonic::transport::Channel>| async move {
+        match c.list_models(ListModelsRequest::default()).await {
+            Ok(_) => Ok(c),
+            Err(e) => Err(format!("{:?}: {}", e.code(), e.message())),
+        }
+    };
+    let a = list(dial().await.unwrap()).await.expect("first connection");
+    let b = list(dial().await.unwrap())
+        .await
+        .expect("second connection");
+    // The third is closed as soon as it is accepted: the dial or the call
+    // fails, as UNAVAILABLE.
+    let third = match dial().await {
+        Err(e) => e,
+        Ok(c) => list(c)
+            .await
+            .map(|_| ())
+            .expect_err("a third connection was served"),
+    };
+    eprintln!("the third connection: {third}");
+    assert!(
+        third.starts_with("connect") || third.starts_with("Unavailable"),
+        "{third}"
+    );
+    // The open ones are unaffected.
+    let a = list(a).await.expect("the first still works");
+    let _b = list(b).await.expect("the second still works");
+    // One leaves; the next caller gets its slot.
+    drop(a);
+    until("a freed slot is taken", || async {
+        list(dial().await.ok()?).await.ok()
     })
     .await;
 }

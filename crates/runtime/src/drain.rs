@@ -14,17 +14,22 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-/// An accepted connection that can be closed by force.
+/// An accepted connection that can be closed by force; it holds one of
+/// the daemon's connection slots while it lives.
 pub struct Conn {
     io: TcpStream,
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Conn {
@@ -92,31 +97,75 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// The force switch of one serve() call.
+/// The force switch of one serve() call, and its connection slots.
 pub struct Drain {
     kill: CancellationToken,
     grace: Duration,
+    /// `limits.max_connections` slots (`None`: no cap).
+    slots: Option<Arc<Semaphore>>,
+    max: usize,
+    daemon: &'static str,
 }
 
 impl Drain {
     pub fn new(shell: &crate::Shell) -> Self {
+        let max = shell.limits.max_connections;
         Drain {
             kill: CancellationToken::new(),
             grace: Duration::from_secs(shell.shutdown_grace_seconds),
+            slots: (max > 0).then(|| Arc::new(Semaphore::new(max))),
+            max,
+            daemon: shell.name,
         }
     }
 
     /// Wraps each accepted connection so that it can be closed by force.
+    /// Beyond `limits.max_connections` open at once, a new connection is
+    /// reset as soon as it is accepted (the client sees UNAVAILABLE) and
+    /// logged, naming the key; existing connections are not affected.
     pub fn incoming<S>(&self, incoming: S) -> impl Stream<Item = io::Result<Conn>>
     where
         S: Stream<Item = io::Result<TcpStream>>,
     {
         let kill = self.kill.clone();
-        incoming.map(move |r| {
-            r.map(|io| Conn {
+        let slots = self.slots.clone();
+        let (daemon, max) = (self.daemon, self.max);
+        let mut refused = 0u64;
+        incoming.filter_map(move |r| {
+            let io = match r {
+                Ok(io) => io,
+                Err(e) => return Some(Err(e)),
+            };
+            let slot = match &slots {
+                None => None,
+                Some(s) => match s.clone().try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        // Log the first refusal of a burst and every 1000th.
+                        if refused % 1000 == 0 {
+                            tracing::warn!(
+                                daemon,
+                                peer = ?io.peer_addr().ok(),
+                                refused = refused + 1,
+                                "connection refused: {max} connections are open, the {daemon}.limits.max_connections limit"
+                            );
+                        }
+                        refused += 1;
+                        // A reset, not a FIN: the caller fails at once,
+                        // as UNAVAILABLE, and no socket lingers here.
+                        let _ = io.set_zero_linger();
+                        return None;
+                    }
+                },
+            };
+            if slot.is_some() && refused > 0 {
+                refused = 0;
+            }
+            Some(Ok(Conn {
                 io,
                 killed: Box::pin(kill.clone().cancelled_owned()),
-            })
+                _slot: slot,
+            }))
         })
     }
 

@@ -76,6 +76,10 @@ pub struct LimitsConfig {
     /// so a client that vanished (host gone, flow dropped) frees its
     /// long-lived stream slots. 0 = no pings.
     pub keepalive_seconds: u64,
+    /// Client connections open at once; a connection beyond it is closed
+    /// as soon as it is accepted (the client sees UNAVAILABLE; the daemon
+    /// logs this key) and the ones open are not affected. 0 = no cap.
+    pub max_connections: usize,
 }
 
 impl Default for LimitsConfig {
@@ -84,6 +88,7 @@ impl Default for LimitsConfig {
             max_message_bytes: 64 << 20,
             max_concurrent_streams: 1024,
             keepalive_seconds: 30,
+            max_connections: 4096,
         }
     }
 }
