@@ -666,6 +666,17 @@ mod tests {
         assert_eq!(required_role("/something.Else/X"), Some(Admin));
     }
 
+    /// The tokens of `[section.auth] tokens_file = f`.
+    fn from_file(section: &str, f: &Path) -> anyhow::Result<Option<Tokens>> {
+        Tokens::load(
+            section,
+            &AuthConfig {
+                tokens_file: f.to_path_buf(),
+                ..Default::default()
+            },
+        )
+    }
+
     fn tokens(s: &str) -> Tokens {
         Tokens::load(
             "registry",
@@ -748,15 +759,7 @@ mod tests {
             "# the stack's tokens\n\nreader  alpha\nadmin omega # not a comment\n",
         )
         .unwrap();
-        let e = Tokens::load(
-            "server",
-            &AuthConfig {
-                tokens_file: f.clone(),
-                ..Default::default()
-            },
-        )
-        .unwrap_err()
-        .to_string();
+        let e = from_file("server", &f).unwrap_err().to_string();
         assert_eq!(
             e,
             format!(
@@ -765,27 +768,11 @@ mod tests {
             )
         );
         std::fs::write(&f, "reader alpha\nroot sekrit\n").unwrap();
-        let e = Tokens::load(
-            "server",
-            &AuthConfig {
-                tokens_file: f.clone(),
-                ..Default::default()
-            },
-        )
-        .unwrap_err()
-        .to_string();
+        let e = from_file("server", &f).unwrap_err().to_string();
         assert!(e.contains("line 2: unknown role \"root\""), "{e}");
         assert!(!e.contains("sekrit"), "{e}");
         std::fs::write(&f, "# only comments\n").unwrap();
-        let e = Tokens::load(
-            "server",
-            &AuthConfig {
-                tokens_file: f.clone(),
-                ..Default::default()
-            },
-        )
-        .unwrap_err()
-        .to_string();
+        let e = from_file("server", &f).unwrap_err().to_string();
         assert!(e.contains("holds no token"), "{e}");
 
         // File and inline together.
@@ -831,15 +818,7 @@ mod tests {
              deployer later expires=2999-01-01T00:00:00Z\n",
         )
         .unwrap();
-        let t = Tokens::load(
-            "registry",
-            &AuthConfig {
-                tokens_file: f.clone(),
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .unwrap();
+        let t = from_file("registry", &f).unwrap().unwrap();
         let jan_2020 = 1_577_836_800;
         // Before its expiry a line counts; from that second on it does not.
         assert_eq!(t.lookup("old", jan_2020 - 1).roles, Roles::of(&[Reader]));
@@ -877,15 +856,7 @@ mod tests {
 
         // A bad expiry names the file, the line and the expected form.
         std::fs::write(&f, "reader a\nreader sekrit expires=tomorrow\n").unwrap();
-        let e = Tokens::load(
-            "registry",
-            &AuthConfig {
-                tokens_file: f.clone(),
-                ..Default::default()
-            },
-        )
-        .unwrap_err()
-        .to_string();
+        let e = from_file("registry", &f).unwrap_err().to_string();
         assert!(
             e.starts_with(&format!(
                 "invalid registry.auth.tokens_file {}: line 2: expires=\"tomorrow\" is not an RFC 3339 time",
@@ -899,15 +870,7 @@ mod tests {
         );
         assert!(!e.contains("sekrit"), "{e}");
         std::fs::write(&f, "reader sekrit until=2027-01-01T00:00:00Z\n").unwrap();
-        let e = Tokens::load(
-            "registry",
-            &AuthConfig {
-                tokens_file: f.clone(),
-                ..Default::default()
-            },
-        )
-        .unwrap_err()
-        .to_string();
+        let e = from_file("registry", &f).unwrap_err().to_string();
         assert!(
             e.ends_with("line 1: expected `ROLE TOKEN` or `ROLE TOKEN expires=TIME`"),
             "{e}"
