@@ -676,10 +676,62 @@ async fn a_superseded_version_that_fails_is_retired_and_state_survives_a_restart
     .await;
     assert!(errors.error_rate > 0.0, "{errors:?}");
 
+    // Predictions whose labels come only after the restart.
+    let v2_rows = report(&sb, v2, WindowKind::Long)
+        .await
+        .unwrap()
+        .drift
+        .unwrap()
+        .rows;
+    for (i, (x, _)) in rows.iter().take(10).enumerate() {
+        p.predict(PredictRequest {
+            model: MODEL.into(),
+            rows: vec![to_row(x)],
+            request_id: format!("late-{i}"),
+        })
+        .await
+        .unwrap();
+    }
+    until("the monitor has the late rows", || async {
+        let r = report(&sb, v2, WindowKind::Long).await.ok()?;
+        (r.drift?.rows >= v2_rows + 10).then_some(())
+    })
+    .await;
+
     // Restart: windows, labels, history, policy and signals come back.
     let before = report(&sb, v1, WindowKind::Long).await.unwrap();
     let signals_before = signals(&sb).await;
     sb.restart_monitor().await;
+    // The label join came back: labels for predictions logged before the
+    // restart still match; those already matched do not match twice.
+    let labels = |tag: &str, n: usize| RecordFeedbackRequest {
+        feedback: rows
+            .iter()
+            .take(n)
+            .enumerate()
+            .map(|(i, (_, y))| Feedback {
+                request_id: format!("{tag}-{i}"),
+                label: y.clone(),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let r = sb
+        .monitor()
+        .await
+        .record_feedback(labels("late", 10))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.matched, r.unknown), (10, 0), "{r:?}");
+    let r = sb
+        .monitor()
+        .await
+        .record_feedback(labels("old", 50))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.matched, 0, "matched before the restart: {r:?}");
     let after = report(&sb, v1, WindowKind::Long).await.unwrap();
     assert_eq!(after.drift.unwrap().rows, before.drift.unwrap().rows);
     assert_eq!(

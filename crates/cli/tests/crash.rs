@@ -1098,8 +1098,9 @@ async fn a_restarted_monitor_keeps_its_windows_and_acts_once_per_breach() {
 
     // A breach: the labels say v1 is wrong on every row. RETIRE fires;
     // the monitor is killed right after (before its next periodic write).
-    // (The label join is in memory: labels for predictions made before a
-    // restart count as unknown, so the breach comes from new traffic.)
+    // (The label join is written only at a graceful shutdown: after the
+    // kill -9 above, labels for earlier predictions count as unknown, so
+    // the breach comes from new traffic.)
     let c = bc_sample(100, 50);
     s.traffic(v1, "c", &c).await;
     s.wrong_labels("c", &c).await;

@@ -192,7 +192,7 @@ impl MonitorApi for MonitorGrpc {
                 "feedback[{i}].request_id is empty: expected the request id the server returned"
             )));
         }
-        let o = self.monitor.feedback(&r.feedback);
+        let o = self.monitor.feedback(&r.feedback).await;
         let m = &self.monitor.metrics;
         m.feedback("matched", o.matched);
         m.feedback("unknown", o.unknown);

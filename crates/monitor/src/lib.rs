@@ -121,6 +121,7 @@ pub async fn run(
     let _ = ticker.await;
     let _ = actor.await;
     monitor.persist()?;
+    monitor.persist_joins()?;
     evergreen_runtime::close_within("monitor database", monitor, evergreen_runtime::CLOSE_WITHIN)
         .await;
     served

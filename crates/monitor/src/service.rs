@@ -144,6 +144,7 @@ pub struct Tracked {
 }
 
 /// A logged prediction waiting for its label.
+#[derive(Serialize, Deserialize)]
 struct Pending {
     key: Key,
     seq: u64,
@@ -153,7 +154,9 @@ struct Pending {
     features: Vec<Cell>,
 }
 
-#[derive(Default)]
+/// The label join: kept in memory, written at a graceful shutdown and
+/// taken back (once) at the next open; a crash loses it.
+#[derive(Default, Serialize, Deserialize)]
 struct Joins {
     by_id: HashMap<(String, u32), Vec<Pending>>,
     order: VecDeque<((String, u32), f64)>,
@@ -357,7 +360,7 @@ impl Monitor {
             state: Mutex::new(State {
                 versions: HashMap::new(),
                 dormant,
-                joins: Joins::default(),
+                joins: store.take_joins().unwrap_or_default(),
                 labeled,
                 policies,
                 last_action,
@@ -549,7 +552,32 @@ impl Monitor {
     }
 
     /// Joins delayed labels with logged predictions.
-    pub fn feedback(&self, items: &[pb::Feedback]) -> FeedbackOutcome {
+    pub async fn feedback(&self, items: &[pb::Feedback]) -> FeedbackOutcome {
+        // Versions restored from disk are tracked lazily: first load those
+        // the labels' predictions were made by (a label join taken back
+        // after a restart points at them).
+        let keys: Vec<Key> = {
+            let s = self.state.lock().unwrap();
+            let mut keys: Vec<Key> = Vec::new();
+            for f in items {
+                let pendings = s.joins.by_id.get(&(f.request_id.clone(), f.row));
+                for p in pendings.into_iter().flatten() {
+                    if !s.versions.contains_key(&p.key) && !keys.contains(&p.key) {
+                        keys.push(p.key.clone());
+                    }
+                }
+            }
+            keys
+        };
+        for key in &keys {
+            if let Err(e) = self.ensure(key, false).await {
+                tracing::warn!(model = %key.0, version = key.1, error = %e, "cannot load the version labels are for; they stay pending");
+            }
+        }
+        self.join_labels(items)
+    }
+
+    fn join_labels(&self, items: &[pb::Feedback]) -> FeedbackOutcome {
         let t = now();
         let ttl = self.config.feedback_ttl_seconds as f64;
         let mut out = FeedbackOutcome::default();
@@ -559,6 +587,17 @@ impl Monitor {
         s.joins.expire(t - ttl);
         for f in items {
             let id = (f.request_id.clone(), f.row);
+            let untracked = s
+                .joins
+                .by_id
+                .get(&id)
+                .is_some_and(|ps| ps.iter().any(|p| !s.versions.contains_key(&p.key)));
+            if untracked {
+                // Its version could not be loaded: the prediction stays
+                // pending, so the label can be sent again.
+                out.unknown += 1;
+                continue;
+            }
             let Some(pendings) = s.joins.take(&id) else {
                 if s.joins.evicted.contains(&id) {
                     out.expired += 1;
@@ -792,6 +831,16 @@ impl Monitor {
         for key in all {
             self.evaluate(&key);
         }
+    }
+
+    /// At a graceful shutdown, after the last ingest: writes the label
+    /// join (predictions waiting for labels), so that labels arriving
+    /// after the restart still match. [`Monitor::open`] takes it back.
+    pub fn persist_joins(&self) -> Result<(), MonitorError> {
+        let s = self.state.lock().unwrap();
+        self.store.put_joins(&s.joins)?;
+        drop(s);
+        self.store.flush()
     }
 
     /// Writes dirty window state and labeled rows to disk.

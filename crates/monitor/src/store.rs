@@ -20,6 +20,8 @@ pub struct Store {
     policies: sled::Tree,
     signals: sled::Tree,
     actions: sled::Tree,
+    /// The label join, written at a graceful shutdown (one record).
+    joins: sled::Tree,
 }
 
 fn internal(e: impl std::fmt::Display) -> MonitorError {
@@ -55,6 +57,7 @@ impl Store {
             policies: db.open_tree("policies")?,
             signals: db.open_tree("signals")?,
             actions: db.open_tree("actions")?,
+            joins: db.open_tree("joins")?,
             db,
         })
     }
@@ -159,6 +162,25 @@ impl Store {
                 ))
             })
             .collect()
+    }
+
+    pub fn put_joins<T: Serialize>(&self, joins: &T) -> Result<(), MonitorError> {
+        Self::put(&self.joins, b"joins", joins)
+    }
+
+    /// The label join a graceful shutdown wrote, removed as it is read (a
+    /// crash later must not bring back joins already used).
+    pub fn take_joins<T: DeserializeOwned>(&self) -> Option<T> {
+        let bytes = match self.joins.remove(b"joins") {
+            Ok(Some(b)) => b,
+            _ => return None,
+        };
+        if let Err(e) = self.db.flush() {
+            tracing::warn!(error = %e, "cannot flush after taking the label join");
+        }
+        postcard::from_bytes(&bytes)
+            .map_err(|e| tracing::warn!(error = %e, "skipping an undecodable label join"))
+            .ok()
     }
 
     pub fn flush(&self) -> Result<(), MonitorError> {
