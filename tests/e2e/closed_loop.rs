@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use evergreen_e2e::{dataset, metric, Sandbox};
 use evergreen_proto::v1::{
     value, Feedback, GetModelRequest, GetReportRequest, HistoryRequest, ListSignalsRequest, Policy,
-    PredictRequest, RecordFeedbackRequest, Report, Row, SetAliasRequest, SetPolicyRequest, Signal,
-    SignalKind, TrainRequest, Value, WindowKind,
+    PredictRequest, PredictionLogBatch, RecordFeedbackRequest, Report, Row, SetAliasRequest,
+    SetPolicyRequest, Signal, SignalKind, TrainRequest, Value, WindowKind,
 };
 use tonic::Code;
 
@@ -698,8 +698,23 @@ async fn a_superseded_version_that_fails_is_retired_and_state_survives_a_restart
     })
     .await;
 
-    // Restart: windows, labels, history, policy and signals come back.
+    // A server reports 7 records it dropped (queue full, monitor away):
+    // the count is shown on every report.
+    let dropped = |r: &Report| r.health.as_ref().unwrap().dropped;
+    let dropped_before = dropped(&report(&sb, v1, WindowKind::Long).await.unwrap());
+    sb.monitor()
+        .await
+        .log_predictions(futures::stream::iter(vec![PredictionLogBatch {
+            records: vec![],
+            dropped: 7,
+        }]))
+        .await
+        .unwrap();
+
+    // Restart: windows, labels, history, policy, signals and the dropped
+    // count come back.
     let before = report(&sb, v1, WindowKind::Long).await.unwrap();
+    assert_eq!(dropped(&before), dropped_before + 7, "{:?}", before.health);
     let signals_before = signals(&sb).await;
     sb.restart_monitor().await;
     // The label join came back: labels for predictions logged before the
@@ -733,6 +748,11 @@ async fn a_superseded_version_that_fails_is_retired_and_state_survives_a_restart
         .into_inner();
     assert_eq!(r.matched, 0, "matched before the restart: {r:?}");
     let after = report(&sb, v1, WindowKind::Long).await.unwrap();
+    assert_eq!(
+        dropped(&after),
+        dropped(&before),
+        "the dropped count survives a restart"
+    );
     assert_eq!(after.drift.unwrap().rows, before.drift.unwrap().rows);
     assert_eq!(
         after.performance.as_ref().unwrap().labeled,

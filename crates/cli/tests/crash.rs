@@ -857,9 +857,9 @@ fn bc_sample(from: usize, n: usize) -> Vec<(pb::Row, String)> {
 }
 
 /// A report's closed windows without `health.dropped`: that is the count
-/// of records the server says it dropped since the monitor started (a
-/// process counter shown on every window, not window state; it starts
-/// again from 0 after a restart).
+/// of records the servers reported dropped (a monitor-wide counter shown
+/// on every window, not window state; persisted with the windows, it is
+/// checked by `tests/e2e/closed_loop.rs`).
 fn closed_windows(r: &pb::Report) -> Vec<pb::WindowSummary> {
     let mut w = r.history.clone();
     for c in &mut w {

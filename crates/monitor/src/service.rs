@@ -175,7 +175,10 @@ pub(crate) struct State {
     pub last_action: HashMap<String, f64>,
     pub feedback_unknown: u64,
     pub feedback_expired: u64,
+    /// Log records the servers reported dropped (all versions), persisted.
     pub dropped: u64,
+    /// `dropped` changed since the last `persist`.
+    dirty_dropped: bool,
     dirty: HashSet<Key>,
     dirty_labeled: HashSet<String>,
 }
@@ -350,6 +353,7 @@ impl Monitor {
             .map(|p| (p.model.clone(), p))
             .collect();
         let last_action = store.actions().into_iter().collect();
+        let dropped = store.dropped();
         if !dormant.is_empty() {
             tracing::info!(versions = dormant.len(), "restored window state");
         }
@@ -366,7 +370,8 @@ impl Monitor {
                 last_action,
                 feedback_unknown: 0,
                 feedback_expired: 0,
-                dropped: 0,
+                dropped,
+                dirty_dropped: false,
                 dirty: HashSet::new(),
                 dirty_labeled: HashSet::new(),
             }),
@@ -470,7 +475,10 @@ impl Monitor {
         {
             let mut guard = self.state.lock().unwrap();
             let s = &mut *guard;
-            s.dropped += dropped;
+            if dropped > 0 {
+                s.dropped += dropped;
+                s.dirty_dropped = true;
+            }
             let mut row: Vec<Value> = Vec::new();
             for r in records {
                 let key = (r.model.clone(), r.version);
@@ -846,8 +854,9 @@ impl Monitor {
     /// Writes dirty window state and labeled rows to disk.
     pub fn persist(&self) -> Result<(), MonitorError> {
         let _one_at_a_time = self.persisting.lock().unwrap();
-        let (versions, labeled) = {
+        let (versions, labeled, dropped) = {
             let mut s = self.state.lock().unwrap();
+            let dropped = std::mem::take(&mut s.dirty_dropped).then_some(s.dropped);
             let dirty: Vec<Key> = s.dirty.drain().collect();
             let dirty_labeled: Vec<String> = s.dirty_labeled.drain().collect();
             let versions: Vec<(Key, VersionState)> = dirty
@@ -858,7 +867,7 @@ impl Monitor {
                 .into_iter()
                 .filter_map(|m| s.labeled.get(&m).map(|r| (m, r.iter().cloned().collect())))
                 .collect();
-            (versions, labeled)
+            (versions, labeled, dropped)
         };
         for ((m, v), st) in &versions {
             self.store.put_version(m, *v, st)?;
@@ -866,7 +875,10 @@ impl Monitor {
         for (m, rows) in &labeled {
             self.store.put_labeled(m, rows)?;
         }
-        if !versions.is_empty() || !labeled.is_empty() {
+        if let Some(d) = dropped {
+            self.store.put_dropped(d)?;
+        }
+        if !versions.is_empty() || !labeled.is_empty() || dropped.is_some() {
             self.store.flush()?;
         }
         Ok(())

@@ -1,8 +1,10 @@
 //! The monitor's sled database. Trees: `versions` (a version's windows and
 //! history, postcard), `labeled` (a model's recent labeled rows, postcard),
 //! `policies` and `signals` (protobuf), `actions` (a model's last action
-//! time). Windows are flushed every `persist_ms`; policies and signals are
-//! written before the call that made them returns.
+//! time), `counters` (`dropped`: the log records the servers reported
+//! dropped, a big-endian u64). Windows and counters are flushed every
+//! `persist_ms`; policies and signals are written before the call that made
+//! them returns.
 
 use std::path::Path;
 
@@ -22,11 +24,15 @@ pub struct Store {
     actions: sled::Tree,
     /// The label join, written at a graceful shutdown (one record).
     joins: sled::Tree,
+    counters: sled::Tree,
 }
 
 fn internal(e: impl std::fmt::Display) -> MonitorError {
     MonitorError::Internal(format!("monitor store: {e}"))
 }
+
+/// Key of the dropped-records count in the `counters` tree.
+const DROPPED: &[u8] = b"dropped";
 
 pub fn version_key(model: &str, version: u64) -> Vec<u8> {
     let mut k = model.as_bytes().to_vec();
@@ -58,6 +64,7 @@ impl Store {
             signals: db.open_tree("signals")?,
             actions: db.open_tree("actions")?,
             joins: db.open_tree("joins")?,
+            counters: db.open_tree("counters")?,
             db,
         })
     }
@@ -183,8 +190,46 @@ impl Store {
             .ok()
     }
 
+    /// Stores the count of log records the servers reported dropped
+    /// (flushed by the caller).
+    pub fn put_dropped(&self, dropped: u64) -> Result<(), MonitorError> {
+        self.counters
+            .insert(DROPPED, &dropped.to_be_bytes())
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    /// The stored count of dropped log records (0 when never stored).
+    pub fn dropped(&self) -> u64 {
+        self.counters
+            .get(DROPPED)
+            .ok()
+            .flatten()
+            .and_then(|v| <[u8; 8]>::try_from(&*v).ok())
+            .map_or(0, u64::from_be_bytes)
+    }
+
     pub fn flush(&self) -> Result<(), MonitorError> {
         self.db.flush().map_err(internal)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dropped_count_survives_reopening_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.dropped(), 0, "never stored: 0");
+            store.put_dropped(41).unwrap();
+            store.put_dropped(42).unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.dropped(), 42);
     }
 }
