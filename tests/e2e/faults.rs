@@ -394,6 +394,131 @@ async fn s3_cut_or_reset_mid_archive_leaves_the_version_retired_and_a_retry_succ
     assert!(sb.is_running());
 }
 
+/// S3 goes silent in the middle of an archive: the flow is black-holed (the
+/// endpoint still accepts connections, nothing ever comes back, nothing is
+/// closed). With `timeout_seconds = 2` the archive answers UNAVAILABLE,
+/// naming the endpoint, within the attempts' timeouts plus backoff and the
+/// abort's one attempt — not minutes later (each attempt was allowed 300 s
+/// before the timeout was configurable). The version stays RETIRED with its
+/// artifact and no manifest; once the network heals, a retry archives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_s3_endpoint_fails_an_archive_within_its_timeout_and_a_retry_succeeds() {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = TestS3::start(&dir.path().join("s3")).await;
+    s3.create_bucket("archive");
+    let proxy = Proxy::start(s3.addr).await;
+    let mut config = s3.config("archive");
+    config.endpoint = format!("http://{}", proxy.addr());
+    config.timeout_seconds = TIMEOUT.as_secs();
+    let endpoint = config.endpoint.clone();
+    let sb = Sandbox::builder()
+        .registry(move |c| c.archive.s3 = config)
+        .start()
+        .await;
+    let mut c = sb.registry().await;
+    let _ = c.create_model(req::create("m")).await;
+    // 12 MiB: a multipart upload of three parts (5 + 5 + 2 MiB).
+    let bytes: Vec<u8> = (0..12u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let v = c
+        .register_version(tokio_stream::iter(req::register(
+            req::header("m"),
+            &bytes,
+            64 * 1024,
+        )))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    c.set_version_status(SetVersionStatusRequest {
+        r#ref: req::version("m", v),
+        status: VersionStatus::Retired as i32,
+        reason: "superseded".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let archive = |mut c: RegistryClient<Channel>| async move {
+        c.archive(ArchiveRequest {
+            r#ref: req::version("m", v),
+            reason: "retention".into(),
+            include_data: false,
+        })
+        .await
+    };
+    // Slowed down (about 5 MiB/s), so the black hole lands mid-upload.
+    proxy.delay(Duration::from_millis(3));
+    let before = proxy.forwarded();
+    let task = tokio::spawn(archive(c.clone()));
+    until_within("2 MiB went up", Duration::from_secs(60), || async {
+        (proxy.forwarded() - before > 2 << 20).then_some(())
+    })
+    .await;
+    assert!(!task.is_finished(), "the archive is under way");
+    proxy.black_hole();
+    let holed = Instant::now();
+    let first = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the archive gives up by itself, within a minute")
+        .unwrap();
+    let took = holed.elapsed();
+    proxy.pass();
+    let e = first.expect_err("nothing can be archived through a black hole");
+    eprintln!(
+        "black hole mid-archive: {:?} after {took:?}: {}",
+        e.code(),
+        e.message()
+    );
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(
+        e.message().contains(&endpoint) && e.message().contains("unreachable"),
+        "names the endpoint: {e:?}"
+    );
+    assert!(
+        e.message().contains("RETIRED"),
+        "says the version is unchanged: {e:?}"
+    );
+    // The part in flight, then two more attempts, each abandoned after
+    // TIMEOUT; backoff of at most 1 + 2 s; one attempt to abort the upload.
+    let attempts = evergreen_s3::ATTEMPTS;
+    let bound = TIMEOUT * (attempts + 1) + Duration::from_secs(3 + 4);
+    assert!(
+        took >= TIMEOUT * (attempts - 1) && took < bound,
+        "failed {took:?} after the black hole (expected within {bound:?})"
+    );
+    assert_eq!(
+        status_of(&mut c, "m", v).await,
+        VersionStatus::Retired as i32
+    );
+    assert!(
+        download(&sb, &format!("m/{v}")).await == bytes,
+        "artifact intact"
+    );
+    assert_eq!(audited(&mut c, "m", v, EventKind::VersionArchived).await, 0);
+    let manifest = s3.object_path("archive", &format!("m/{v}/manifest.json"));
+    assert!(!manifest.exists(), "no manifest for a failed archive");
+
+    // The network heals: the retry archives it, and it restores intact.
+    let done = archive(c.clone()).await.unwrap().into_inner();
+    assert_eq!(done.status, VersionStatus::Archived as i32);
+    assert!(manifest.exists());
+    assert_eq!(audited(&mut c, "m", v, EventKind::VersionArchived).await, 1);
+    c.restore(RestoreRequest {
+        r#ref: req::version("m", v),
+        reason: "audit".into(),
+        activate: false,
+    })
+    .await
+    .unwrap();
+    assert!(
+        download(&sb, &format!("m/{v}")).await == bytes,
+        "restored byte-identical"
+    );
+    assert!(sb.is_running());
+}
+
 /// Follows the registry's Watch for `model` from `from` through `channel`,
 /// reconnecting from the last revision it saw whenever the stream breaks,
 /// until it has seen `until` (0 = not known yet). Returns every event

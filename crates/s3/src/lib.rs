@@ -47,6 +47,16 @@ pub struct S3Config {
     pub secret_access_key: String,
     /// Multipart part size in MiB (≥ 5, S3's minimum).
     pub part_size_mib: u64,
+    /// Each S3 request attempt must finish within this many seconds (1 to
+    /// 3600), or it is abandoned and retried (3 attempts; an abandoned
+    /// multipart upload's abort gets one). An endpoint that accepts
+    /// connections and then says nothing so fails a call in about 3× this,
+    /// as UNAVAILABLE. An attempt includes sending its body: the default
+    /// 60 lets an 8 MiB part (`part_size_mib`) go up at ≥ 140 KiB/s; raise
+    /// it with `part_size_mib` on slow links. Downloads are bounded to the
+    /// first byte; a body that stalls mid-way is cut by the SDK's
+    /// stalled-stream protection (no progress for 20 s).
+    pub timeout_seconds: u64,
 }
 
 impl Default for S3Config {
@@ -60,6 +70,7 @@ impl Default for S3Config {
             access_key_id: String::new(),
             secret_access_key: String::new(),
             part_size_mib: 8,
+            timeout_seconds: 60,
         }
     }
 }
@@ -84,6 +95,12 @@ impl S3Config {
             return Err(format!(
                 "invalid {section}.part_size_mib = {}: expected 5 to 5120 (S3's part size limits)",
                 self.part_size_mib
+            ));
+        }
+        if !(1..=3600).contains(&self.timeout_seconds) {
+            return Err(format!(
+                "invalid {section}.timeout_seconds = {}: expected 1 to 3600 (seconds one S3 request attempt may take)",
+                self.timeout_seconds
             ));
         }
         if self.region.is_empty() {
@@ -187,6 +204,10 @@ pub struct Transferred {
     pub sha256: String,
 }
 
+/// Attempts per S3 request (the SDK's standard retry: the first one and
+/// two retries, with jittered backoff of at most 1 s then 2 s).
+pub const ATTEMPTS: u32 = 3;
+
 #[derive(Clone)]
 pub struct S3Store {
     client: aws_sdk_s3::Client,
@@ -209,9 +230,12 @@ impl S3Store {
                 aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
             ))
             .build_https();
+        // The attempt timeout covers a request from its first byte sent to
+        // its response read (for GetObject, to the body's first byte), so a
+        // silent endpoint costs `ATTEMPTS` × `timeout_seconds`, not forever.
         let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(3))
-            .operation_attempt_timeout(Duration::from_secs(300))
+            .operation_attempt_timeout(Duration::from_secs(config.timeout_seconds))
             .build();
         let mut b = aws_sdk_s3::config::Builder::new()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
@@ -219,7 +243,9 @@ impl S3Store {
             .region(aws_sdk_s3::config::Region::new(config.region.clone()))
             .force_path_style(config.path_style)
             .timeout_config(timeouts)
-            .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(3));
+            .retry_config(
+                aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(ATTEMPTS),
+            );
         if !config.endpoint.is_empty() {
             b = b.endpoint_url(config.endpoint.clone());
         }
@@ -433,14 +459,24 @@ impl S3Store {
         match result {
             Ok(sha256) => Ok(Transferred { size, sha256 }),
             Err(e) => {
-                let _ = self
+                // Best effort, one attempt: when the endpoint has gone
+                // silent this costs one more timeout, not `ATTEMPTS`.
+                let once = aws_sdk_s3::config::Builder::default().retry_config(
+                    aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(1),
+                );
+                if let Err(abort) = self
                     .client
                     .abort_multipart_upload()
                     .bucket(&self.config.bucket)
                     .key(&full)
                     .upload_id(&id)
+                    .customize()
+                    .config_override(once)
                     .send()
-                    .await;
+                    .await
+                {
+                    tracing::warn!(uri = %self.config.uri(key), error = %DisplayErrorContext(&abort), "cannot abort a failed multipart upload; its parts stay until the bucket's lifecycle rules remove them");
+                }
                 Err(e)
             }
         }
@@ -583,6 +619,17 @@ mod tests {
         c.part_size_mib = 1;
         assert!(c.validate("x").unwrap_err().contains("part_size_mib = 1"));
         c.part_size_mib = 8;
+        for bad in [0, 3601] {
+            c.timeout_seconds = bad;
+            let e = c.validate("registry.archive.s3").unwrap_err();
+            assert!(
+                e.contains(&format!("registry.archive.s3.timeout_seconds = {bad}"))
+                    && e.contains("expected 1 to 3600"),
+                "{e}"
+            );
+        }
+        c.timeout_seconds = 60;
+        assert!(c.validate("x").is_ok());
         c.endpoint = "minio:9000".into();
         assert!(c.validate("x").unwrap_err().contains("http://"));
     }

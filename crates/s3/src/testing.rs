@@ -103,6 +103,7 @@ impl TestS3 {
             access_key_id: ACCESS_KEY.into(),
             secret_access_key: SECRET_KEY.into(),
             part_size_mib: 5,
+            ..S3Config::default()
         }
     }
 

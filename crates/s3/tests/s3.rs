@@ -1,7 +1,10 @@
 //! The S3 client against a real S3-compatible server (s3s-fs over HTTP).
 
+use std::time::{Duration, Instant};
+
 use evergreen_s3::testing::TestS3;
-use evergreen_s3::{S3Error, S3Store};
+use evergreen_s3::{S3Error, S3Store, ATTEMPTS};
+use tokio::io::AsyncReadExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multipart_upload_and_download_round_trip_with_checksums() {
@@ -75,4 +78,47 @@ async fn the_errors_users_meet_are_named() {
     assert!(matches!(e, S3Error::Unreachable { .. }), "{e:?}");
     assert!(e.transient());
     assert!(e.to_string().contains(&s3.endpoint()), "{e}");
+}
+
+/// An endpoint that accepts connections and then says nothing (a firewall
+/// that forgot the flow, a hung server): each attempt is abandoned after
+/// `timeout_seconds`, and the call fails as unreachable, naming the
+/// endpoint, after `ATTEMPTS` of them — not after minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_endpoint_fails_after_the_configured_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = TestS3::start(&dir.path().join("s3"))
+        .await
+        .config("archive");
+    config.endpoint = format!("http://{addr}");
+    config.timeout_seconds = 1;
+    let store = S3Store::new(&config).await;
+    let t = Instant::now();
+    let e = tokio::time::timeout(
+        Duration::from_secs(30),
+        store.put_bytes("k", vec![7; 1 << 20]),
+    )
+    .await
+    .expect("the call gives up by itself")
+    .unwrap_err();
+    let took = t.elapsed();
+    assert!(matches!(e, S3Error::Unreachable { .. }), "{e:?}");
+    assert!(e.transient());
+    assert!(e.to_string().contains(&config.endpoint), "{e}");
+    // Every attempt waited its full second; backoff adds at most 1 + 2 s.
+    let attempts = Duration::from_secs(ATTEMPTS as u64);
+    assert!(
+        took >= attempts && took < attempts + Duration::from_secs(5),
+        "gave up after {took:?}"
+    );
 }
