@@ -375,7 +375,6 @@ pub fn verdict(
 }
 
 /// Dataset-level drift: the share of drifted features reaches `share`.
-
 pub fn dataset_drift(features: &[FeatureDrift], share: f64) -> bool {
     !features.is_empty()
         && features.iter().filter(|f| f.drifted).count() as f64 / features.len() as f64 >= share

@@ -78,9 +78,8 @@ impl Default for S3Config {
 impl S3Config {
     /// Checks values serde cannot; errors name the key under `section`.
     pub fn validate(&self, section: &str) -> Result<(), String> {
-        if !self.endpoint.is_empty()
-            && !(self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://"))
-        {
+        let url = self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://");
+        if !self.endpoint.is_empty() && !url {
             return Err(format!(
                 "invalid {section}.endpoint = {:?}: expected an http:// or https:// URL (or empty for AWS)",
                 self.endpoint
