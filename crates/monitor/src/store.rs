@@ -2,9 +2,10 @@
 //! history, postcard), `labeled` (a model's recent labeled rows, postcard),
 //! `policies` and `signals` (protobuf), `actions` (a model's last action
 //! time), `counters` (`dropped`: the log records the servers reported
-//! dropped, a big-endian u64). Windows and counters are flushed every
-//! `persist_ms`; policies and signals are written before the call that made
-//! them returns.
+//! dropped, a big-endian u64), `joins` (the label join, postcard: written
+//! at a graceful shutdown, removed when read at the next open). Windows and
+//! counters are flushed every `persist_ms`; policies and signals are
+//! written before the call that made them returns.
 
 use std::path::Path;
 
