@@ -543,20 +543,34 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        if let Some((tx, _)) = self.server.take() {
+        let mut tasks = Vec::new();
+        for (tx, task) in [self.server.take(), self.monitor.take(), self.trainer.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = tx.send(());
-        }
-        if let Some((tx, _)) = self.monitor.take() {
-            let _ = tx.send(());
-        }
-
-        if let Some((tx, _)) = self.trainer.take() {
-            let _ = tx.send(());
+            tasks.push(task);
         }
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        let _ = self.dir.take();
+        tasks.extend(self.task.take());
+        // The data dir goes only once every daemon has stopped (or its task
+        // was dropped with the test's runtime): deleting it under a daemon
+        // still flushing made its shutdown persist fail and sled's final
+        // flush hang (seen in CI at the end of e2e tests).
+        let dir = self.dir.take();
+        std::thread::spawn(move || {
+            // Any executor can wait on a JoinHandle.
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() {
+                rt.block_on(async {
+                    for t in tasks {
+                        let _ = t.await;
+                    }
+                });
+            }
+            drop(dir);
+        });
     }
 }
 

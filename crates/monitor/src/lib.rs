@@ -120,9 +120,15 @@ pub async fn run(
     // `run` returns (a restart in the same process reopens it).
     let _ = ticker.await;
     let _ = actor.await;
-    monitor.persist()?;
-    monitor.persist_joins()?;
+    // Flush what is left, then close the database whatever happened (a
+    // handle dropped here instead would run sled's own final flush on this
+    // task, with no bound).
+    let persisted = monitor.persist().and_then(|()| monitor.persist_joins());
+    if let Err(e) = &persisted {
+        tracing::error!(error = %e, "cannot persist the monitor's state at shutdown");
+    }
     evergreen_runtime::close_within("monitor database", monitor, evergreen_runtime::CLOSE_WITHIN)
         .await;
+    persisted?;
     served
 }
