@@ -280,6 +280,110 @@ async fn status_of(c: &mut RegistryClient<Channel>, model: &str, v: u64) -> i32 
     .status
 }
 
+/// 12 MiB of varied bytes: an S3 multipart upload of three parts.
+fn twelve_mib() -> Vec<u8> {
+    (0..12u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect()
+}
+
+/// Registers `bytes` as a new version of "m" and retires it (ready to be
+/// archived).
+async fn retired_version(c: &mut RegistryClient<Channel>, bytes: &[u8]) -> u64 {
+    let v = c
+        .register_version(tokio_stream::iter(req::register(
+            req::header("m"),
+            bytes,
+            64 * 1024,
+        )))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    c.set_version_status(SetVersionStatusRequest {
+        r#ref: req::version("m", v),
+        status: VersionStatus::Retired as i32,
+        reason: "superseded".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    v
+}
+
+async fn archive(
+    mut c: RegistryClient<Channel>,
+    v: u64,
+) -> Result<tonic::Response<evergreen_proto::v1::ModelVersion>, tonic::Status> {
+    c.archive(ArchiveRequest {
+        r#ref: req::version("m", v),
+        reason: "retention".into(),
+        include_data: false,
+    })
+    .await
+}
+
+/// Starts archiving `m/v` through `proxy`, slowed down (about 5 MiB/s),
+/// and returns once 2 MiB went up, so that a fault lands mid-upload.
+async fn archive_under_way(
+    proxy: &Proxy,
+    c: &RegistryClient<Channel>,
+    v: u64,
+) -> tokio::task::JoinHandle<
+    Result<tonic::Response<evergreen_proto::v1::ModelVersion>, tonic::Status>,
+> {
+    proxy.delay(Duration::from_millis(3));
+    let before = proxy.forwarded();
+    let task = tokio::spawn(archive(c.clone(), v));
+    until_within("2 MiB went up", Duration::from_secs(60), || async {
+        (proxy.forwarded() - before > 2 << 20).then_some(())
+    })
+    .await;
+    assert!(!task.is_finished(), "the archive is under way");
+    task
+}
+
+/// After a failed archive: still RETIRED, the artifact intact, no archive
+/// event, no manifest.
+async fn unchanged_after_a_failed_archive(
+    sb: &Sandbox,
+    c: &mut RegistryClient<Channel>,
+    v: u64,
+    bytes: &[u8],
+    manifest: &std::path::Path,
+) {
+    assert_eq!(status_of(c, "m", v).await, VersionStatus::Retired as i32);
+    assert!(
+        download(sb, &format!("m/{v}")).await == bytes,
+        "artifact intact"
+    );
+    assert_eq!(audited(c, "m", v, EventKind::VersionArchived).await, 0);
+    assert!(!manifest.exists(), "no manifest for a failed archive");
+}
+
+/// Archived exactly once, with its manifest, and restored byte-identical.
+async fn archived_once_and_restored_intact(
+    sb: &Sandbox,
+    c: &mut RegistryClient<Channel>,
+    v: u64,
+    bytes: &[u8],
+    manifest: &std::path::Path,
+) {
+    assert!(manifest.exists());
+    assert_eq!(audited(c, "m", v, EventKind::VersionArchived).await, 1);
+    c.restore(RestoreRequest {
+        r#ref: req::version("m", v),
+        reason: "audit".into(),
+        activate: false,
+    })
+    .await
+    .unwrap();
+    assert!(
+        download(sb, &format!("m/{v}")).await == bytes,
+        "restored byte-identical"
+    );
+}
+
 /// S3 fails in the middle of an archive: the connection is cut (and the
 /// endpoint refuses new ones), or reset while it still accepts. A failed
 /// archive leaves the version RETIRED with its artifact, nothing archived
@@ -300,46 +404,10 @@ async fn s3_cut_or_reset_mid_archive_leaves_the_version_retired_and_a_retry_succ
         .await;
     let mut c = sb.registry().await;
     let _ = c.create_model(req::create("m")).await;
-    // 12 MiB: a multipart upload of three parts (5 + 5 + 2 MiB).
-    let bytes: Vec<u8> = (0..12u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
+    let bytes = twelve_mib();
     for fault in ["cut", "reset"] {
-        let v = c
-            .register_version(tokio_stream::iter(req::register(
-                req::header("m"),
-                &bytes,
-                64 * 1024,
-            )))
-            .await
-            .unwrap()
-            .into_inner()
-            .version;
-        c.set_version_status(SetVersionStatusRequest {
-            r#ref: req::version("m", v),
-            status: VersionStatus::Retired as i32,
-            reason: "superseded".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let archive = |mut c: RegistryClient<Channel>| async move {
-            c.archive(ArchiveRequest {
-                r#ref: req::version("m", v),
-                reason: "retention".into(),
-                include_data: false,
-            })
-            .await
-        };
-        // Slowed down (about 5 MiB/s), so the fault lands mid-upload.
-        proxy.delay(Duration::from_millis(3));
-        let before = proxy.forwarded();
-        let task = tokio::spawn(archive(c.clone()));
-        until_within("2 MiB went up", Duration::from_secs(60), || async {
-            (proxy.forwarded() - before > 2 << 20).then_some(())
-        })
-        .await;
-        assert!(!task.is_finished(), "{fault}: the archive is under way");
+        let v = retired_version(&mut c, &bytes).await;
+        let task = archive_under_way(&proxy, &c, v).await;
         match fault {
             "cut" => proxy.cut(),
             _ => proxy.reset(),
@@ -357,18 +425,9 @@ async fn s3_cut_or_reset_mid_archive_leaves_the_version_retired_and_a_retry_succ
                     e.message().contains("RETIRED"),
                     "says the version is unchanged: {e:?}"
                 );
-                assert_eq!(
-                    status_of(&mut c, "m", v).await,
-                    VersionStatus::Retired as i32
-                );
-                assert!(
-                    download(&sb, &format!("m/{v}")).await == bytes,
-                    "artifact intact"
-                );
-                assert_eq!(audited(&mut c, "m", v, EventKind::VersionArchived).await, 0);
-                assert!(!manifest.exists(), "no manifest for a failed archive");
+                unchanged_after_a_failed_archive(&sb, &mut c, v, &bytes, &manifest).await;
                 // The endpoint is back: the retry archives it.
-                let done = archive(c.clone()).await.unwrap().into_inner();
+                let done = archive(c.clone(), v).await.unwrap().into_inner();
                 assert_eq!(done.status, VersionStatus::Archived as i32);
             }
             Ok(done) => {
@@ -377,19 +436,7 @@ async fn s3_cut_or_reset_mid_archive_leaves_the_version_retired_and_a_retry_succ
                 assert_eq!(done.get_ref().status, VersionStatus::Archived as i32);
             }
         }
-        assert!(manifest.exists());
-        assert_eq!(audited(&mut c, "m", v, EventKind::VersionArchived).await, 1);
-        c.restore(RestoreRequest {
-            r#ref: req::version("m", v),
-            reason: "audit".into(),
-            activate: false,
-        })
-        .await
-        .unwrap();
-        assert!(
-            download(&sb, &format!("m/{v}")).await == bytes,
-            "restored byte-identical"
-        );
+        archived_once_and_restored_intact(&sb, &mut c, v, &bytes, &manifest).await;
     }
     assert!(sb.is_running());
 }
@@ -418,45 +465,9 @@ async fn a_silent_s3_endpoint_fails_an_archive_within_its_timeout_and_a_retry_su
         .await;
     let mut c = sb.registry().await;
     let _ = c.create_model(req::create("m")).await;
-    // 12 MiB: a multipart upload of three parts (5 + 5 + 2 MiB).
-    let bytes: Vec<u8> = (0..12u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
-    let v = c
-        .register_version(tokio_stream::iter(req::register(
-            req::header("m"),
-            &bytes,
-            64 * 1024,
-        )))
-        .await
-        .unwrap()
-        .into_inner()
-        .version;
-    c.set_version_status(SetVersionStatusRequest {
-        r#ref: req::version("m", v),
-        status: VersionStatus::Retired as i32,
-        reason: "superseded".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let archive = |mut c: RegistryClient<Channel>| async move {
-        c.archive(ArchiveRequest {
-            r#ref: req::version("m", v),
-            reason: "retention".into(),
-            include_data: false,
-        })
-        .await
-    };
-    // Slowed down (about 5 MiB/s), so the black hole lands mid-upload.
-    proxy.delay(Duration::from_millis(3));
-    let before = proxy.forwarded();
-    let task = tokio::spawn(archive(c.clone()));
-    until_within("2 MiB went up", Duration::from_secs(60), || async {
-        (proxy.forwarded() - before > 2 << 20).then_some(())
-    })
-    .await;
-    assert!(!task.is_finished(), "the archive is under way");
+    let bytes = twelve_mib();
+    let v = retired_version(&mut c, &bytes).await;
+    let task = archive_under_way(&proxy, &c, v).await;
     proxy.black_hole();
     let holed = Instant::now();
     let first = tokio::time::timeout(Duration::from_secs(60), task)
@@ -488,34 +499,13 @@ async fn a_silent_s3_endpoint_fails_an_archive_within_its_timeout_and_a_retry_su
         took >= TIMEOUT * (attempts - 1) && took < bound,
         "failed {took:?} after the black hole (expected within {bound:?})"
     );
-    assert_eq!(
-        status_of(&mut c, "m", v).await,
-        VersionStatus::Retired as i32
-    );
-    assert!(
-        download(&sb, &format!("m/{v}")).await == bytes,
-        "artifact intact"
-    );
-    assert_eq!(audited(&mut c, "m", v, EventKind::VersionArchived).await, 0);
     let manifest = s3.object_path("archive", &format!("m/{v}/manifest.json"));
-    assert!(!manifest.exists(), "no manifest for a failed archive");
+    unchanged_after_a_failed_archive(&sb, &mut c, v, &bytes, &manifest).await;
 
     // The network heals: the retry archives it, and it restores intact.
-    let done = archive(c.clone()).await.unwrap().into_inner();
+    let done = archive(c.clone(), v).await.unwrap().into_inner();
     assert_eq!(done.status, VersionStatus::Archived as i32);
-    assert!(manifest.exists());
-    assert_eq!(audited(&mut c, "m", v, EventKind::VersionArchived).await, 1);
-    c.restore(RestoreRequest {
-        r#ref: req::version("m", v),
-        reason: "audit".into(),
-        activate: false,
-    })
-    .await
-    .unwrap();
-    assert!(
-        download(&sb, &format!("m/{v}")).await == bytes,
-        "restored byte-identical"
-    );
+    archived_once_and_restored_intact(&sb, &mut c, v, &bytes, &manifest).await;
     assert!(sb.is_running());
 }
 

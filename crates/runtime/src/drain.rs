@@ -142,7 +142,7 @@ impl Drain {
                     Ok(p) => Some(p),
                     Err(_) => {
                         // Log the first refusal of a burst and every 1000th.
-                        if refused % 1000 == 0 {
+                        if refused.is_multiple_of(1000) {
                             tracing::warn!(
                                 daemon,
                                 peer = ?io.peer_addr().ok(),
