@@ -280,6 +280,25 @@ async fn status_of(c: &mut RegistryClient<Channel>, model: &str, v: u64) -> i32 
     .status
 }
 
+/// A registry archiving to an in-process S3 (bucket "archive") reached
+/// through a fault proxy; `tweak` adjusts the archive's S3 config.
+async fn archive_to_s3_behind_a_proxy(
+    dir: &std::path::Path,
+    tweak: impl FnOnce(&mut evergreen_s3::S3Config),
+) -> (TestS3, Proxy, Sandbox) {
+    let s3 = TestS3::start(&dir.join("s3")).await;
+    s3.create_bucket("archive");
+    let proxy = Proxy::start(s3.addr).await;
+    let mut config = s3.config("archive");
+    config.endpoint = format!("http://{}", proxy.addr());
+    tweak(&mut config);
+    let sb = Sandbox::builder()
+        .registry(move |c| c.archive.s3 = config)
+        .start()
+        .await;
+    (s3, proxy, sb)
+}
+
 /// 12 MiB of varied bytes: an S3 multipart upload of three parts.
 fn twelve_mib() -> Vec<u8> {
     (0..12u32 << 20)
@@ -393,15 +412,7 @@ async fn archived_once_and_restored_intact(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_cut_or_reset_mid_archive_leaves_the_version_retired_and_a_retry_succeeds() {
     let dir = tempfile::tempdir().unwrap();
-    let s3 = TestS3::start(&dir.path().join("s3")).await;
-    s3.create_bucket("archive");
-    let proxy = Proxy::start(s3.addr).await;
-    let mut config = s3.config("archive");
-    config.endpoint = format!("http://{}", proxy.addr());
-    let sb = Sandbox::builder()
-        .registry(move |c| c.archive.s3 = config)
-        .start()
-        .await;
+    let (s3, proxy, sb) = archive_to_s3_behind_a_proxy(dir.path(), |_| {}).await;
     let mut c = sb.registry().await;
     let _ = c.create_model(req::create("m")).await;
     let bytes = twelve_mib();
@@ -452,17 +463,9 @@ async fn s3_cut_or_reset_mid_archive_leaves_the_version_retired_and_a_retry_succ
 async fn a_silent_s3_endpoint_fails_an_archive_within_its_timeout_and_a_retry_succeeds() {
     const TIMEOUT: Duration = Duration::from_secs(2);
     let dir = tempfile::tempdir().unwrap();
-    let s3 = TestS3::start(&dir.path().join("s3")).await;
-    s3.create_bucket("archive");
-    let proxy = Proxy::start(s3.addr).await;
-    let mut config = s3.config("archive");
-    config.endpoint = format!("http://{}", proxy.addr());
-    config.timeout_seconds = TIMEOUT.as_secs();
-    let endpoint = config.endpoint.clone();
-    let sb = Sandbox::builder()
-        .registry(move |c| c.archive.s3 = config)
-        .start()
-        .await;
+    let (s3, proxy, sb) =
+        archive_to_s3_behind_a_proxy(dir.path(), |c| c.timeout_seconds = TIMEOUT.as_secs()).await;
+    let endpoint = format!("http://{}", proxy.addr());
     let mut c = sb.registry().await;
     let _ = c.create_model(req::create("m")).await;
     let bytes = twelve_mib();
